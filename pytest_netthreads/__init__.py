@@ -1,0 +1,37 @@
+"""pytest-netthreads: threaded TCP/TLS test servers, socket faults and thread detectors.
+
+Everything here works without pytest::
+
+    from pytest_netthreads import ThreadedServer, handlers
+
+    with ThreadedServer(handlers.echo) as srv:
+        ...  # srv.address is a (host, port) that socket.create_connection accepts
+"""
+
+from __future__ import annotations
+
+from . import handlers
+from ._version import __version__
+from .servers import (
+    Address,
+    ConnectionRecord,
+    HandlerError,
+    ServerConnection,
+    ServerError,
+    ServerStopTimeout,
+    ThreadedServer,
+)
+from .servers.factory import ServerFactory
+
+__all__ = [
+    "Address",
+    "ConnectionRecord",
+    "HandlerError",
+    "ServerConnection",
+    "ServerError",
+    "ServerFactory",
+    "ServerStopTimeout",
+    "ThreadedServer",
+    "__version__",
+    "handlers",
+]

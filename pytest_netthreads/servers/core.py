@@ -1,0 +1,805 @@
+"""The threaded server core: :class:`ThreadedServer` and what it records.
+
+A server is a listening socket registered with the process-wide reactor (see
+``_reactor.py``); it owns no thread of its own until a client connects. Each accepted
+connection is then served in one of three ways, chosen by ``concurrency``:
+
+``"thread"``  (default) a new daemon thread per connection runs ``handler(conn)``;
+``"pool"``    a bounded :class:`concurrent.futures.ThreadPoolExecutor` runs it, so at most
+              ``max_workers`` connections are served at once and the rest wait their turn;
+``"selector"`` the handler's non-blocking implementation runs inside the reactor itself
+              (only the reference handlers that have one: echo, sink, blackhole, close, reset).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Union
+
+from .._threads import format_thread_stack
+from ._reactor import EVENT_READ, Reactor, get_reactor
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Buffer
+
+    from typing_extensions import Self
+
+Address = Union[tuple[str, int], str]
+"""``(host, port)`` for TCP servers, the socket path for Unix domain servers."""
+
+Concurrency = Literal["thread", "pool", "selector"]
+_CONCURRENCY = ("thread", "pool", "selector")
+
+_DISCONNECTS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+HowClosed = Literal[
+    "peer-eof", "peer-reset", "handler", "server-stop", "error", "handshake-failed"
+]
+"""How a connection ended.
+
+``peer-eof``: the client closed its side and the handler finished; ``peer-reset``: the client
+reset the connection (or vanished mid-message); ``handler``: the handler returned or closed
+the connection on its own; ``server-stop``: :meth:`ThreadedServer.stop` closed it;
+``error``: the handler raised; ``handshake-failed``: the TLS handshake did not complete.
+"""
+
+
+@dataclass(eq=False)
+class ConnectionRecord:
+    """What a server saw of one connection. Read it; the server fills it in."""
+
+    index: int
+    """0 for the first connection the server accepted, then 1, 2, ..."""
+    peer: Address
+    """The client's address (``(host, port)``, or ``""`` for unnamed Unix sockets)."""
+    opened_at: float
+    """``time.time()`` when the connection was accepted."""
+    closed_at: float | None = None
+    """``time.time()`` when the server closed it, ``None`` while it is open."""
+    bytes_in: int = 0
+    """Bytes the server read from the client (after TLS decryption)."""
+    bytes_out: int = 0
+    """Bytes the server sent to the client (before TLS encryption)."""
+    how_closed: HowClosed | None = None
+    """See :data:`HowClosed`; ``None`` while the connection is open."""
+    error: str | None = None
+    """The formatted traceback when the handler raised."""
+    thread_name: str | None = None
+    """The worker thread that served it (``None`` for selector connections)."""
+    saw_eof: bool = False
+    """Whether the server read end-of-file from the client."""
+    tls: dict[str, Any] | None = None
+    """TLS details (version, cipher, ALPN, SNI, client certificate) for TLS servers."""
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_at is not None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds the connection was open, ``None`` while it is open."""
+        return None if self.closed_at is None else self.closed_at - self.opened_at
+
+
+class ServerError(Exception):
+    """Base class of the errors a server raises at :meth:`~ThreadedServer.stop`."""
+
+
+class HandlerError(ServerError):
+    """One or more connection handlers raised. The message holds each server-side traceback.
+
+    Attributes:
+        server_name: the server's name.
+        failures: ``(record, exception)`` for each error, ``record`` ``None`` for errors that
+            belong to no connection (accepting failed, for instance).
+    """
+
+    def __init__(
+        self,
+        server_name: str,
+        failures: list[tuple[ConnectionRecord | None, BaseException, str]],
+        extra: str = "",
+    ) -> None:
+        self.server_name = server_name
+        self.failures = [(rec, exc) for rec, exc, _ in failures]
+        parts = [f"{len(failures)} error(s) in server {server_name}:"]
+        for rec, exc, text in failures:
+            where = (
+                "while accepting"
+                if rec is None
+                else f"in connection #{rec.index} from {_format_address(rec.peer)}"
+                + (f" (thread {rec.thread_name})" if rec.thread_name else "")
+            )
+            parts.append(f"--- {type(exc).__name__} {where}; server-side traceback:\n{text}")
+        if extra:
+            parts.append(extra)
+        super().__init__("\n".join(parts).rstrip())
+
+    @property
+    def exceptions(self) -> list[BaseException]:
+        return [exc for _, exc in self.failures]
+
+
+class ServerStopTimeout(ServerError):
+    """Worker threads did not finish within the stop timeout. Names each with its stack."""
+
+    def __init__(self, server_name: str, report: str, threads: list[threading.Thread]) -> None:
+        self.server_name = server_name
+        self.threads = threads
+        super().__init__(report)
+
+
+class Handler(Protocol):
+    def __call__(self, conn: ServerConnection, /) -> object: ...
+
+
+class _Counting:
+    """Counts the bytes a handler reads and writes into the connection's record."""
+
+    record: ConnectionRecord
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data: bytes = super().recv(bufsize, flags)  # type: ignore[misc]
+        if data:
+            self.record.bytes_in += len(data)
+        elif bufsize:
+            self.record.saw_eof = True
+        return data
+
+    def recv_into(self, buffer: Buffer, nbytes: int = 0, flags: int = 0) -> int:
+        n: int = super().recv_into(buffer, nbytes, flags)  # type: ignore[misc]
+        if n:
+            self.record.bytes_in += n
+        elif nbytes or memoryview(buffer).nbytes:
+            self.record.saw_eof = True
+        return n
+
+    def send(self, data: Buffer, flags: int = 0) -> int:
+        n: int = super().send(data, flags)  # type: ignore[misc]
+        self.record.bytes_out += n
+        return n
+
+    def sendall(self, data: Buffer, flags: int = 0) -> None:
+        super().sendall(data, flags)  # type: ignore[misc]
+        self.record.bytes_out += memoryview(data).nbytes
+
+
+class ServerConnection(_Counting, socket.socket):
+    """The socket a handler gets: a real :class:`socket.socket`, with a little more.
+
+    Attributes:
+        record: this connection's :class:`ConnectionRecord` (bytes are counted as you go).
+        stopping: an :class:`threading.Event` set when the server starts stopping; a handler
+            that waits for something other than its socket should wait on this too.
+        server: the :class:`ThreadedServer` that accepted it.
+    """
+
+    record: ConnectionRecord
+    stopping: threading.Event
+    server: ThreadedServer
+
+
+class NativeConnection:
+    """A connection served inside the reactor on a non-blocking socket.
+
+    Subclasses implement :meth:`on_event`; they run with the reactor lock held and must never
+    block. The reference handlers use this for ``concurrency="selector"``.
+    """
+
+    closed: bool = False
+    initial_events: ClassVar[int] = EVENT_READ
+
+    def __init__(self, server: ThreadedServer, sock: socket.socket, record: ConnectionRecord):
+        self.server = server
+        self.sock = sock
+        self.record = record
+        self.reactor = server._reactor
+
+    def start(self) -> None:
+        """Called once, with the reactor lock held, right after accept."""
+        if self.initial_events:
+            self.reactor.register_locked(self.sock, self.initial_events, self)
+
+    def on_event(self, mask: int) -> None:
+        raise NotImplementedError
+
+    def on_reactor_error(self, exc: BaseException) -> None:
+        self.server._record_error(self.record, exc)
+        self.close("error")
+
+    def close(self, how: HowClosed) -> None:
+        """Unregister and close (reactor lock held)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.reactor.unregister_locked(self.sock)
+        self.sock.close()
+        self.server._finish(self.record, how)
+
+
+class _Listener:
+    """The reactor's view of a server's listening socket."""
+
+    closed = False
+
+    def __init__(self, server: ThreadedServer) -> None:
+        self.server = server
+
+    def on_event(self, mask: int) -> None:
+        self.server._accept_ready()
+
+    def on_reactor_error(self, exc: BaseException) -> None:
+        self.server._record_error(None, exc)
+
+
+def _handler_name(handler: object) -> str:
+    name = getattr(handler, "__name__", None) or type(handler).__name__
+    return str(name)
+
+
+def _format_address(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address) or "(unnamed unix socket)"
+
+
+def _resolve_host(host: object, port: int) -> tuple[socket.AddressFamily, str]:
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str (an IP address or 'localhost'), got {host!r}")
+    if host == "localhost":
+        return socket.AF_INET, "127.0.0.1"
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return family, host
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ValueError(
+            f"host={host!r} is not an IP address or a name this machine resolves ({exc})"
+        ) from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, str(sockaddr[0])
+
+
+class ThreadedServer:
+    """A TCP (or Unix domain) server for tests, usable with or without pytest.
+
+    ``with ThreadedServer(handlers.echo) as srv:`` starts it; it is listening when the
+    ``with`` body begins (port 0 is bound and read back, nothing sleeps or polls) and it
+    stops when the block ends, raising any handler error.
+
+    Args:
+        handler: called as ``handler(conn)`` once per accepted connection, ``conn`` a
+            :class:`ServerConnection` (a socket). The server closes ``conn`` when it returns.
+        host: the address to bind, loopback by default; ``"::1"`` for IPv6.
+        port: the port to bind; 0 (the default) picks a free one.
+        unix: ``True`` for a Unix domain socket in a fresh temporary directory, or a path.
+            ``host`` and ``port`` are then unused.
+        ssl_context: a server :class:`ssl.SSLContext`; each connection is wrapped and its
+            handshake runs in the connection's worker thread.
+        concurrency: ``"thread"``, ``"pool"`` or ``"selector"`` (see the module docs).
+        max_workers: the pool size for ``concurrency="pool"`` (default 8).
+        backlog: the listen backlog (the kernel caps it at ``somaxconn``).
+        stop_timeout: seconds :meth:`stop` waits for handlers before it reports them.
+        ignore_disconnects: a handler that fails with ``ConnectionResetError``,
+            ``BrokenPipeError`` or ``ConnectionAbortedError`` (the client vanished) records
+            ``how_closed="peer-reset"`` instead of failing the test. Default ``True``.
+        name: a name for reports and thread names (default: the handler's name and port).
+    """
+
+    def __init__(
+        self,
+        handler: Handler | Callable[[Any], object],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        unix: bool | str | os.PathLike[str] = False,
+        ssl_context: ssl.SSLContext | None = None,
+        concurrency: Concurrency = "thread",
+        max_workers: int | None = None,
+        backlog: int = 4096,
+        stop_timeout: float = 5.0,
+        ignore_disconnects: bool = True,
+        name: str | None = None,
+    ) -> None:
+        if not callable(handler):
+            raise TypeError(
+                f"handler must be a callable taking the connection socket, got {handler!r}"
+            )
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise TypeError(f"port must be an int from 0 to 65535, got {port!r}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be from 0 to 65535, got {port}")
+        if concurrency not in _CONCURRENCY:
+            raise ValueError(f"concurrency must be one of {_CONCURRENCY}, got {concurrency!r}")
+        if concurrency == "selector" and getattr(handler, "native", None) is None:
+            raise ValueError(
+                f"concurrency='selector' needs a handler with a non-blocking implementation "
+                f"(echo, sink, blackhole, close, reset); {_handler_name(handler)} has none"
+            )
+        if concurrency == "selector" and ssl_context is not None:
+            raise ValueError(
+                "concurrency='selector' cannot be used with ssl_context: TLS handshakes run "
+                "in worker threads; use concurrency='thread' or 'pool'"
+            )
+        if max_workers is not None:
+            if concurrency != "pool":
+                raise ValueError("max_workers is only used with concurrency='pool'")
+            if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+                raise TypeError(f"max_workers must be a positive int, got {max_workers!r}")
+            if max_workers < 1:
+                raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 1:
+            raise ValueError(f"backlog must be a positive int, got {backlog!r}")
+        if not isinstance(stop_timeout, (int, float)) or not stop_timeout >= 0:
+            raise ValueError(f"stop_timeout must be a number of seconds >= 0, got {stop_timeout!r}")
+        if ssl_context is not None:
+            import ssl as _ssl
+
+            if not isinstance(ssl_context, _ssl.SSLContext):
+                raise TypeError(f"ssl_context must be an ssl.SSLContext, got {ssl_context!r}")
+
+        self.handler = handler
+        self.ssl_context = ssl_context
+        self.concurrency: Concurrency = concurrency
+        self.max_workers = max_workers or 8
+        self.backlog = backlog
+        self.stop_timeout = float(stop_timeout)
+        self.ignore_disconnects = ignore_disconnects
+        self._unix_path: str | None = None
+        self._unix_tmpdir: str | None = None
+        if unix is not False:
+            if unix is True:
+                self._family = socket.AF_UNIX
+            elif isinstance(unix, (str, os.PathLike)):
+                self._family = socket.AF_UNIX
+                self._unix_path = os.fspath(unix)
+            else:
+                raise TypeError(f"unix must be True or a socket path, got {unix!r}")
+            self._bind_host = ""
+        else:
+            self._family, self._bind_host = _resolve_host(host, port)
+        self._bind_port = port
+        self._name = name
+        self._reactor: Reactor = get_reactor()
+        self._sock: socket.socket | None = None
+        self._listener = _Listener(self)
+        self._address: Address | None = None
+        self._state = "new"
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self._records: list[ConnectionRecord] = []
+        # record -> [the socket (or native connection) serving it, its thread or future]
+        self._live: dict[ConnectionRecord, list[Any]] = {}
+        self._threads: list[threading.Thread] = []
+        self._errors: list[tuple[ConnectionRecord | None, BaseException, str]] = []
+        self._reported = 0
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool_threads: list[threading.Thread] = []
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Bind, listen and register with the reactor. Returns ``self``.
+
+        Raises:
+            RuntimeError: the server was started before (servers are not restartable).
+            OSError: the address cannot be bound (the message names it).
+        """
+        if self._state != "new":
+            raise RuntimeError(f"server {self.name} was already started; create a new one")
+        self._state = "starting"
+        sock = socket.socket(self._family, socket.SOCK_STREAM)
+        try:
+            if self._family == socket.AF_UNIX:
+                if self._unix_path is None:
+                    self._unix_tmpdir = tempfile.mkdtemp(prefix="netthreads-")
+                    self._unix_path = os.path.join(self._unix_tmpdir, "server.sock")
+                bind_to: Any = self._unix_path
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                bind_to = (self._bind_host, self._bind_port)
+            try:
+                sock.bind(bind_to)
+            except OSError as exc:
+                what = _format_address(bind_to)
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(
+                        exc.errno, f"cannot listen on {what}: address already in use"
+                    ) from None
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise OSError(
+                        exc.errno, f"cannot listen on {what}: not an address of this machine"
+                    ) from None
+                raise OSError(exc.errno, f"cannot listen on {what}: {exc.strerror}") from None
+            sock.listen(self.backlog)
+            sock.setblocking(False)
+            if self._family == socket.AF_UNIX:
+                self._address = self._unix_path or ""
+            else:
+                self._address = tuple(sock.getsockname()[:2])  # type: ignore[assignment]
+            self._sock = sock
+            if self.concurrency == "pool":
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self.max_workers,
+                    thread_name_prefix=f"netthreads[{self.name}]-pool",
+                    initializer=self._pool_initializer,
+                )
+            self._reactor.register(sock, EVENT_READ, self._listener)
+        except BaseException:
+            sock.close()
+            self._remove_unix_path()
+            self._state = "stopped"
+            raise
+        self._state = "started"
+        return self
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, shut down live connections and join the workers.
+
+        Bounded even when clients stay connected and handlers are blocked in ``recv``: the
+        listener is closed, every live connection is shut down (so a blocked ``recv``
+        returns ``b""``), ``conn.stopping`` is set, and workers are joined with ``timeout``
+        (default ``stop_timeout``). Calling it again does nothing.
+
+        Raises:
+            HandlerError: a handler raised (each server-side traceback is in the message).
+            ServerStopTimeout: a worker did not finish in time (named, with its stack).
+        """
+        if self._state in ("new", "stopped"):
+            self._state = "stopped"
+            return
+        if self._state == "stopping":
+            return
+        self._state = "stopping"
+        timeout = self.stop_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        self._stopping.set()
+        reactor = self._reactor
+        sock = self._sock
+        with reactor.lock:
+            self._listener.closed = True
+            if sock is not None:
+                reactor.unregister_locked(sock)
+                sock.close()
+            with self._lock:
+                natives = [c for c, _ in self._live.values() if isinstance(c, NativeConnection)]
+            for native in natives:
+                native.close("server-stop")
+        with self._lock:
+            live = [(record, list(entry)) for record, entry in self._live.items()]
+        for _, (conn, _) in live:
+            if isinstance(conn, socket.socket):
+                try:
+                    # The base-class shutdown: SSLSocket.shutdown would drop its SSL object
+                    # under the worker thread that is using it.
+                    socket.socket.shutdown(conn, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        executor = self._executor
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+            for record, (conn, fut) in live:
+                if isinstance(fut, concurrent.futures.Future) and fut.cancelled():
+                    conn.close()
+                    self._finish(record, "server-stop")
+        with self._lock:
+            threads = list(self._threads) + list(self._pool_threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t for t in threads if t.is_alive()]
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+        self._remove_unix_path()
+        self._state = "stopped"
+        stuck_report = self._stuck_report(stuck, timeout) if stuck else ""
+        self._raise_errors(extra=stuck_report)
+        if stuck:
+            raise ServerStopTimeout(self.name, stuck_report, stuck)
+
+    def check(self) -> None:
+        """Raise :class:`HandlerError` now for handler errors not raised before."""
+        self._raise_errors()
+
+    def _raise_errors(self, extra: str = "") -> None:
+        with self._lock:
+            new = self._errors[self._reported :]
+            self._reported = len(self._errors)
+        if new:
+            raise HandlerError(self.name, new, extra)
+
+    def _stuck_report(self, stuck: list[threading.Thread], timeout: float) -> str:
+        parts = [
+            f"server {self.name}: {len(stuck)} worker thread(s) still running "
+            f"{timeout:g}s after stop() (left running as daemon threads):"
+        ]
+        for thread in stuck:
+            parts.append(f"--- thread {thread.name!r}, current stack:\n{format_thread_stack(thread)}")
+        return "\n".join(parts)
+
+    def _remove_unix_path(self) -> None:
+        if self._unix_path is not None and self._sock is not None:
+            try:
+                os.unlink(self._unix_path)
+            except OSError:
+                pass
+        if self._unix_tmpdir is not None:
+            shutil.rmtree(self._unix_tmpdir, ignore_errors=True)
+            self._unix_tmpdir = None
+
+    # -- addresses and records ---------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        if self._name is None:
+            where = _format_address(self._address) if self._address is not None else "unbound"
+            return f"{_handler_name(self.handler)}@{where}"
+        return self._name
+
+    @property
+    def address(self) -> Address:
+        """``(host, port)`` (what :func:`socket.create_connection` takes), or the Unix path."""
+        if self._address is None:
+            raise RuntimeError(f"server {self.name} has no address until start()")
+        return self._address
+
+    @property
+    def host(self) -> str:
+        address = self.address
+        if isinstance(address, str):
+            raise AttributeError("a Unix domain server has no host; use .address (the path)")
+        return address[0]
+
+    @property
+    def port(self) -> int:
+        address = self.address
+        if isinstance(address, str):
+            raise AttributeError("a Unix domain server has no port; use .address (the path)")
+        return address[1]
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return self._family
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` (``https`` with TLS), for HTTP clients."""
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{_format_address(self.address)}"
+
+    @property
+    def running(self) -> bool:
+        return self._state == "started"
+
+    @property
+    def connections(self) -> list[ConnectionRecord]:
+        """A snapshot of every connection's record, in accept order."""
+        with self._lock:
+            return list(self._records)
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """Every handler error so far (raised or not yet raised)."""
+        with self._lock:
+            return [exc for _, exc, _ in self._errors]
+
+    def wait_for_connections(
+        self, count: int = 1, *, closed: bool = False, timeout: float = 10.0
+    ) -> list[ConnectionRecord]:
+        """Block until ``count`` connections were accepted (or closed, with ``closed=True``).
+
+        Returns the records (a snapshot). Raises :class:`TimeoutError` naming what was
+        awaited and what was seen when ``timeout`` passes first.
+        """
+        def ready() -> bool:
+            n = sum(1 for r in self._records if r.closed) if closed else len(self._records)
+            return n >= count
+
+        with self._changed:
+            if not self._changed.wait_for(ready, timeout):
+                seen = sum(1 for r in self._records if r.closed)
+                raise TimeoutError(
+                    f"server {self.name}: waited {timeout:g}s for {count} "
+                    f"{'closed ' if closed else ''}connection(s); saw {len(self._records)} "
+                    f"accepted, {seen} closed"
+                )
+            return list(self._records)
+
+    # -- reactor side ------------------------------------------------------------------
+
+    def _accept_ready(self) -> None:
+        # Runs in the reactor thread with the reactor lock held.
+        sock = self._sock
+        if sock is None or self._listener.closed:
+            return
+        for _ in range(64):
+            try:
+                fd, peer = sock._accept()  # type: ignore[attr-defined]
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                # EMFILE and friends: report it, and stop accepting rather than spin.
+                self._record_error(None, exc)
+                self._listener.closed = True
+                self._reactor.unregister_locked(sock)
+                return
+            self._serve(fd, peer)
+
+    def _serve(self, fd: int, peer: Any) -> None:
+        with self._lock:
+            record = ConnectionRecord(
+                index=len(self._records),
+                peer=tuple(peer[:2]) if isinstance(peer, tuple) else (peer or ""),
+                opened_at=time.time(),
+            )
+            self._records.append(record)
+            self._changed.notify_all()
+        if self.concurrency == "selector":
+            raw = socket.socket(self._family, socket.SOCK_STREAM, 0, fileno=fd)
+            raw.setblocking(False)
+            native_factory = getattr(self.handler, "native")  # noqa: B009
+            native: NativeConnection = native_factory(self, raw, record)
+            with self._lock:
+                self._live[record] = [native, None]
+            try:
+                native.start()
+            except BaseException as exc:
+                native.on_reactor_error(exc)
+            return
+        conn = ServerConnection(self._family, socket.SOCK_STREAM, 0, fileno=fd)
+        conn.setblocking(True)
+        conn.record = record
+        conn.stopping = self._stopping
+        conn.server = self
+        if self._executor is not None:
+            try:
+                future = self._executor.submit(self._serve_connection, conn)
+            except RuntimeError as exc:  # shut down under us
+                conn.close()
+                self._record_error(record, exc)
+                self._finish(record, "error")
+                return
+            with self._lock:
+                if record.closed_at is None:
+                    self._live[record] = [conn, future]
+            return
+        thread = threading.Thread(
+            target=self._serve_connection,
+            args=(conn,),
+            name=f"netthreads[{self.name}]#{record.index}",
+            daemon=True,
+        )
+        with self._lock:
+            self._live[record] = [conn, thread]
+            self._threads.append(thread)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # can't start new thread
+            with self._lock:
+                self._threads.remove(thread)
+            conn.close()
+            self._record_error(record, exc)
+            self._finish(record, "error")
+
+    def _pool_initializer(self) -> None:
+        with self._lock:
+            self._pool_threads.append(threading.current_thread())
+
+    # -- worker side -------------------------------------------------------------------
+
+    def _serve_connection(self, conn: ServerConnection) -> None:
+        record = conn.record
+        record.thread_name = threading.current_thread().name
+        how: HowClosed | None = None
+        try:
+            if self._stopping.is_set():
+                how = "server-stop"
+                return
+            conn = self._prepare(conn)
+            self.handler(conn)
+        except BaseException as exc:
+            how = self._classify(record, exc)
+        finally:
+            try:
+                conn.close()
+            finally:
+                self._finish(record, how)
+
+    def _prepare(self, conn: ServerConnection) -> ServerConnection:
+        """Hook for the TLS layer: wrap ``conn`` and run the handshake (worker thread).
+
+        A wrapper must call :meth:`_replace_socket` so that :meth:`stop` shuts down the
+        socket the worker is really using.
+        """
+        return conn
+
+    def _replace_socket(self, record: ConnectionRecord, sock: socket.socket) -> None:
+        with self._lock:
+            entry = self._live.get(record)
+            if entry is not None:
+                entry[0] = sock
+
+    def _classify(self, record: ConnectionRecord, exc: BaseException) -> HowClosed:
+        if self._stopping.is_set() and isinstance(exc, (OSError, ValueError)):
+            # The server shut the connection down under the handler: not the handler's bug.
+            return "server-stop"
+        if self.ignore_disconnects and isinstance(exc, _DISCONNECTS):
+            return "peer-reset"
+        self._record_error(record, exc)
+        return "error"
+
+    def _record_error(self, record: ConnectionRecord | None, exc: BaseException) -> None:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        if record is not None:
+            record.error = text
+        with self._lock:
+            self._errors.append((record, exc, text))
+
+    def _finish(self, record: ConnectionRecord, how: HowClosed | None) -> None:
+        with self._lock:
+            if record.closed_at is not None:
+                return
+            if how is None:
+                how = "peer-eof" if record.saw_eof else "handler"
+            record.how_closed = how
+            record.closed_at = time.time()
+            self._live.pop(record, None)
+            current = threading.current_thread()
+            if current in self._threads:
+                self._threads.remove(current)
+            self._changed.notify_all()
+
+    def __repr__(self) -> str:
+        return f"<ThreadedServer {self.name} {self._state} concurrency={self.concurrency}>"
+
+
+def stop_all(servers: Iterable[ThreadedServer], timeout: float | None = None) -> None:
+    """Stop every server, then raise the first error (with the others' messages appended)."""
+    errors: list[ServerError] = []
+    for server in servers:
+        try:
+            server.stop(timeout)
+        except ServerError as exc:
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ServerError("\n\n".join(str(e) for e in errors))
+
+
+__all__ = [
+    "Address",
+    "ConnectionRecord",
+    "HandlerError",
+    "HowClosed",
+    "NativeConnection",
+    "ServerConnection",
+    "ServerError",
+    "ServerStopTimeout",
+    "ThreadedServer",
+    "stop_all",
+]
