@@ -140,6 +140,15 @@ class ServerStopTimeout(ServerError):
         super().__init__(report)
 
 
+class TLSHandshakeFailed(Exception):
+    """Raised by the TLS layer when a connection's handshake fails.
+
+    Recorded on the connection (``how_closed="handshake-failed"``, the reason in
+    ``record.error``); it does not fail the test: a client refusing a bad certificate is
+    usually what the test wants.
+    """
+
+
 class Handler(Protocol):
     def __call__(self, conn: ServerConnection, /) -> object: ...
 
@@ -730,12 +739,17 @@ class ThreadedServer:
                 self._finish(record, how)
 
     def _prepare(self, conn: ServerConnection) -> ServerConnection:
-        """Hook for the TLS layer: wrap ``conn`` and run the handshake (worker thread).
+        """Wrap ``conn`` in TLS and run the handshake, in the worker thread.
 
-        A wrapper must call :meth:`_replace_socket` so that :meth:`stop` shuts down the
-        socket the worker is really using.
+        The TLS layer calls :meth:`_replace_socket` so that :meth:`stop` shuts down the
+        socket the worker is really using, and raises :class:`TLSHandshakeFailed` when the
+        handshake fails.
         """
-        return conn
+        if self.ssl_context is None:
+            return conn
+        from ._tls import accept_tls
+
+        return accept_tls(self, conn)
 
     def _replace_socket(self, record: ConnectionRecord, sock: socket.socket) -> None:
         with self._lock:
@@ -744,6 +758,9 @@ class ThreadedServer:
                 entry[0] = sock
 
     def _classify(self, record: ConnectionRecord, exc: BaseException) -> HowClosed:
+        if isinstance(exc, TLSHandshakeFailed):
+            record.error = str(exc)
+            return "handshake-failed"
         if self._stopping.is_set() and isinstance(exc, (OSError, ValueError)):
             # The server shut the connection down under the handler: not the handler's bug.
             return "server-stop"
@@ -800,6 +817,7 @@ __all__ = [
     "ServerConnection",
     "ServerError",
     "ServerStopTimeout",
+    "TLSHandshakeFailed",
     "ThreadedServer",
     "stop_all",
 ]
