@@ -781,7 +781,12 @@ class ThreadedServer:
             if record.closed_at is not None:
                 return
             if how is None:
-                how = "peer-eof" if record.saw_eof else "handler"
+                how = record.how_closed  # a handler may have said how it closed
+            if how is None:
+                if self._stopping.is_set():
+                    how = "server-stop"
+                else:
+                    how = "peer-eof" if record.saw_eof else "handler"
             record.how_closed = how
             record.closed_at = time.time()
             self._live.pop(record, None)
