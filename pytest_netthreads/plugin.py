@@ -34,6 +34,7 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("netthreads", "pytest-netthreads: servers, faults, detectors")
     # Each feature adds its options (each mirrored by an ini key) with one call here.
+    _add_tls_options(parser, group)
     del group
 
 
@@ -103,3 +104,68 @@ def server_factory(request: pytest.FixtureRequest) -> Iterator[ServerFactory]:
     factory = ServerFactory(tls_context=tls_context, on_start=lambda s: _own(request, s))
     yield factory
     factory.stop_all()
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from .tls import CertificateAuthority
+
+
+def _add_tls_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
+    group.addoption(
+        "--tls-keylog-file",
+        metavar="PATH",
+        default=None,
+        help="append the TLS session secrets of every connection made with the session CA's "
+        "contexts to PATH (NSS key log format, for Wireshark). Off by default.",
+    )
+    parser.addini(
+        "tls_keylog_file",
+        help="like --tls-keylog-file; a relative path is relative to the ini file.",
+        default=None,
+    )
+
+
+def _tls_keylog_file(config: pytest.Config) -> str | None:
+    path: str | None = config.getoption("tls_keylog_file")
+    if path:
+        return path
+    ini: str | None = config.getini("tls_keylog_file")
+    if ini:
+        base = config.inipath.parent if config.inipath is not None else config.rootpath
+        return str(base / ini)
+    return None
+
+
+@pytest.fixture(scope="session")
+def tls_ca(request: pytest.FixtureRequest) -> Iterator[CertificateAuthority]:
+    """The session's test certificate authority (ECDSA keys, root plus intermediate).
+
+    ``tls_ca.server_context(preset="valid")`` and ``tls_ca.client_context()`` make
+    contexts; files (``tls_ca.ca_bundle_path()``) are removed when the session ends.
+    """
+    from .tls import CertificateAuthority  # trustme is imported only by sessions using TLS
+
+    with CertificateAuthority(keylog_file=_tls_keylog_file(request.config)) as ca:
+        yield ca
+
+
+@pytest.fixture
+def tls_client_context(tls_ca: CertificateAuthority) -> ssl.SSLContext:
+    """A fresh client ``ssl.SSLContext`` trusting the session CA (yours to change)."""
+    return tls_ca.client_context()
+
+
+@pytest.fixture
+def tls_echo_server(
+    request: pytest.FixtureRequest, tls_ca: CertificateAuthority
+) -> Iterator[ThreadedServer]:
+    """A started TLS echo server on loopback (a fresh one per test), certificate from the
+    session CA valid for ``localhost`` and ``127.0.0.1``. ``.address``, ``.host``, ``.port``
+    and ``.connections`` (with ``record.tls``) as for ``echo_server``.
+    """
+    server = ThreadedServer(handlers.echo, ssl_context=tls_ca.server_context()).start()
+    _own(request, server)
+    yield server
+    server.stop()

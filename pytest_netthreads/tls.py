@@ -34,7 +34,7 @@ import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import trustme
 from cryptography import x509
@@ -92,7 +92,7 @@ ClientCerts = Literal["none", "optional", "required"]
 one signed by the CA; ``"optional"`` asks, accepts clients without one, and refuses ones
 whose certificate does not verify."""
 
-TLSVersionLike = Union[ssl.TLSVersion, str]
+TLSVersionLike = Union[ssl.TLSVersion, str]  # noqa: UP007 (a runtime alias on 3.10)
 """An :class:`ssl.TLSVersion`, or ``"1.2"`` / ``"1.3"`` (also ``"TLSv1.2"`` / ``"TLSv1.3"``)."""
 
 DEFAULT_IDENTITIES = ("localhost", "127.0.0.1", "::1")
@@ -287,6 +287,7 @@ class CertificateAuthority:
         self.keylog_file: str | None = (
             None if keylog_file is None else os.path.abspath(os.fspath(keylog_file))
         )
+        self.organization = organization
         self.root = trustme.CA(organization_name=organization)
         # Leaves come from an intermediate so that clients exercise chain building (and the
         # "missing-intermediate" preset has something to leave out). trustme >= 1.2 gives
@@ -299,7 +300,7 @@ class CertificateAuthority:
         self._rogue: trustme.CA | None = None
         self._files_dir: str | None = None
         self._files: dict[str, str] = {}
-        self._finalizer: weakref.finalize[..., None] | None = None
+        self._finalizer: weakref.finalize[Any, CertificateAuthority] | None = None
         self._closed = False
 
     # -- certificates -------------------------------------------------------------------
@@ -323,14 +324,20 @@ class CertificateAuthority:
             not_after: end of validity (default: far in the future).
         """
         return self.intermediate.issue_cert(
-            *identities, not_before=not_before, not_after=not_after
+            *identities,
+            not_before=not_before,
+            not_after=not_after,
+            organization_name=self.organization,
         )
 
-    def _preset_identity(self, preset: Preset) -> _KeyAndChain:
+    def _identity(self, name: str) -> _KeyAndChain:
+        """The key and chain of a preset (or of ``"client"``), made on first use."""
+        if name == "missing-intermediate":
+            return self._identity("valid").without_intermediates()
         with self._lock:
-            found = self._identities.get(preset)
+            found = self._identities.get(name)
             if found is None:
-                found = self._identities[preset] = self._make_identity(preset)
+                found = self._identities[name] = self._make_identity(name)
             return found
 
     def _make_identity(self, preset: str) -> _KeyAndChain:
@@ -338,8 +345,6 @@ class CertificateAuthority:
         day = datetime.timedelta(days=1)
         if preset == "valid":
             return _KeyAndChain.from_leaf(self.issue_cert(*self.identities))
-        if preset == "missing-intermediate":
-            return self._identities.get("valid") or self._make_identity("valid")
         if preset == "expired":
             leaf = self.issue_cert(*self.identities, not_before=now - 30 * day, not_after=now - day)
         elif preset == "not-yet-valid":
@@ -396,9 +401,7 @@ class CertificateAuthority:
             cached = self._server_contexts.get(key)
         if cached is not None:
             return cached
-        identity = self._preset_identity(preset)
-        if preset == "missing-intermediate":
-            identity = identity.without_intermediates()
+        identity = self._identity(preset)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         identity.load_into(context)
         if client_certs != "none":
@@ -406,6 +409,8 @@ class CertificateAuthority:
                 ssl.CERT_REQUIRED if client_certs == "required" else ssl.CERT_OPTIONAL
             )
             self.root.configure_trust(context)
+            # Check client certificates as strictly as Python 3.13 clients check servers.
+            context.verify_flags |= ssl.VERIFY_X509_STRICT
         _apply_options(context, low, high, protocols, self.keylog_file)
         context.sni_callback = record_sni
         with self._lock:
@@ -442,16 +447,9 @@ class CertificateAuthority:
         context = ssl.create_default_context(cadata=self.cert_pem.decode("ascii"))
         if client_cert is not False:
             which = "client" if client_cert is True else "untrusted-client"
-            self._client_identity(which).load_into(context)
+            self._identity(which).load_into(context)
         _apply_options(context, low, high, protocols, self.keylog_file)
         return context
-
-    def _client_identity(self, which: str) -> _KeyAndChain:
-        with self._lock:
-            found = self._identities.get(which)
-            if found is None:
-                found = self._identities[which] = self._make_identity(which)
-            return found
 
     # -- files --------------------------------------------------------------------------
 
@@ -465,9 +463,7 @@ class CertificateAuthority:
         server such as ``redis-server --tls-port``)."""
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
-        identity = self._preset_identity(preset)
-        if preset == "missing-intermediate":
-            identity = identity.without_intermediates()
+        identity = self._identity(preset)
         return CertFiles(
             cert=self._write(f"{preset}.crt", b"".join(identity.chain_pems)),
             key=self._write(f"{preset}.key", identity.key_pem),
@@ -475,7 +471,7 @@ class CertificateAuthority:
 
     def client_cert_files(self) -> CertFiles:
         """The client certificate chain (issued by this CA) and its key, as files."""
-        identity = self._client_identity("client")
+        identity = self._identity("client")
         return CertFiles(
             cert=self._write("client.crt", b"".join(identity.chain_pems)),
             key=self._write("client.key", identity.key_pem),

@@ -1,0 +1,153 @@
+"""Server-side TLS: wrap an accepted connection and run its handshake in the worker thread.
+
+:meth:`ThreadedServer._prepare <pytest_netthreads.servers.core.ThreadedServer._prepare>`
+calls :func:`accept_tls` for servers that have an ``ssl_context``; the reactor thread only
+accepts, so a slow or stalled handshake never holds up other connections.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from typing import TYPE_CHECKING, Any, cast
+
+from .core import ConnectionRecord, ServerConnection, TLSHandshakeFailed, _Counting
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+    from .core import ThreadedServer
+
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a client has to complete the TLS handshake, unless the server has a
+``tls_handshake_timeout`` attribute (a number of seconds) saying otherwise."""
+
+
+class TLSServerConnection(_Counting, ssl.SSLSocket):
+    """The socket a handler of a TLS server gets: an :class:`ssl.SSLSocket` with the same
+    extras as :class:`~pytest_netthreads.ServerConnection` (``record``, ``stopping``,
+    ``server``). Bytes are counted in plain text, after decryption and before encryption.
+    """
+
+    record: ConnectionRecord
+    stopping: threading.Event
+    server: ThreadedServer
+    sni_name: str | None = None
+    """The server name the client asked for (SNI), when the context records it."""
+
+    # SSLSocket's signatures, counting through _Counting.
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        return _Counting.recv(self, buflen, flags)
+
+    def recv_into(self, buffer: Buffer, nbytes: int | None = None, flags: int = 0) -> int:
+        if nbytes is None:
+            nbytes = memoryview(buffer).nbytes
+        return _Counting.recv_into(self, buffer, nbytes, flags)
+
+    def sendall(self, data: Buffer, flags: int = 0) -> None:
+        # SSLSocket.sendall loops over self.send, which already counts: skip
+        # _Counting.sendall so that each byte is counted once.
+        ssl.SSLSocket.sendall(self, data, flags)
+
+
+def record_sni(sock: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+    """An ``SSLContext.sni_callback`` that remembers the requested name on the connection.
+
+    Contexts made by :class:`~pytest_netthreads.tls.CertificateAuthority` install it; set it
+    on your own server context to get ``record.tls["sni"]`` filled in too.
+    """
+    if isinstance(sock, TLSServerConnection):
+        sock.sni_name = server_name
+
+
+def _handshake_timeout(server: ThreadedServer) -> float:
+    value = getattr(server, "tls_handshake_timeout", HANDSHAKE_TIMEOUT)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"tls_handshake_timeout must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _describe(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"TLS handshake timed out: the client did not complete it within {timeout:g}s"
+    if isinstance(exc, ssl.SSLEOFError) or (
+        isinstance(exc, ssl.SSLError) and exc.reason == "UNEXPECTED_EOF_WHILE_READING"
+    ):
+        return "TLS handshake failed: the client closed the connection during the handshake"
+    if isinstance(exc, ConnectionError):
+        return f"TLS handshake failed: the client vanished ({type(exc).__name__}: {exc})"
+    return f"TLS handshake failed: {type(exc).__name__}: {exc}"
+
+
+def tls_details(sock: ssl.SSLSocket) -> dict[str, Any]:
+    """What ``record.tls`` holds for a completed handshake.
+
+    Keys: ``version`` (``"TLSv1.3"``...), ``cipher`` (its OpenSSL name), ``cipher_bits``,
+    ``alpn`` (the selected protocol or ``None``), ``sni`` (the name the client asked for, or
+    ``None``), ``client_cert`` (``getpeercert()`` of a verified client certificate, else
+    ``None``) and ``client_cert_der`` (its DER bytes, else ``None``).
+    """
+    cipher = sock.cipher()
+    der = sock.getpeercert(binary_form=True)
+    return {
+        "version": sock.version(),
+        "cipher": cipher[0] if cipher else None,
+        "cipher_bits": cipher[2] if cipher else None,
+        "alpn": sock.selected_alpn_protocol(),
+        "sni": getattr(sock, "sni_name", None),
+        "client_cert": (sock.getpeercert() or None) if der else None,
+        "client_cert_der": der,
+    }
+
+
+def accept_tls(server: ThreadedServer, conn: ServerConnection) -> ServerConnection:
+    """Wrap ``conn`` with the server's context and run the handshake (worker thread).
+
+    Returns a :class:`TLSServerConnection`: not a subclass of ``ServerConnection`` (it is an
+    ``SSLSocket``) but it has the same methods and attributes, which is what handlers use.
+
+    Raises:
+        TLSHandshakeFailed: the handshake failed or timed out (the server records it as
+            ``how_closed="handshake-failed"``; it does not fail the test).
+        OSError: the server is stopping (recorded as ``"server-stop"``).
+    """
+    context = server.ssl_context
+    if context is None:  # pragma: no cover - the server only calls this with a context
+        raise RuntimeError(f"server {server.name} has no ssl_context")
+    record = conn.record
+    timeout = _handshake_timeout(server)
+    try:
+        # What SSLContext.wrap_socket does, with our subclass: setting
+        # context.sslsocket_class instead would change a context the user may share.
+        wrapped: TLSServerConnection = TLSServerConnection._create(  # type: ignore[attr-defined]
+            sock=conn,
+            server_side=True,
+            do_handshake_on_connect=False,
+            suppress_ragged_eofs=True,
+            context=context,
+        )
+    except BaseException:
+        conn.close()
+        raise
+    wrapped.record = record
+    wrapped.stopping = conn.stopping
+    wrapped.server = server
+    # From here on stop() shuts down the wrapped socket (the original one is detached).
+    server._replace_socket(record, wrapped)
+    try:
+        if conn.stopping.is_set():
+            # stop() may have looked at the connection before the replacement above.
+            raise ConnectionAbortedError("the server is stopping")
+        wrapped.settimeout(timeout)
+        wrapped.do_handshake()
+        wrapped.settimeout(None)
+        record.tls = tls_details(wrapped)
+    except BaseException as exc:
+        wrapped.close()
+        if conn.stopping.is_set() or not isinstance(exc, OSError):
+            raise
+        raise TLSHandshakeFailed(_describe(exc, timeout)) from exc
+    return cast("ServerConnection", wrapped)
+
+
+__all__ = ["HANDSHAKE_TIMEOUT", "TLSServerConnection", "accept_tls", "record_sni", "tls_details"]

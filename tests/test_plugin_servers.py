@@ -1,0 +1,208 @@
+"""The server fixtures, end to end through pytester."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+def test_echo_server_fixture_is_listening_and_fresh_per_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import socket, threading
+
+        ports = []
+
+        def test_one(echo_server):
+            host, port = echo_server.address
+            assert (echo_server.host, echo_server.port) == (host, port)
+            with socket.create_connection(echo_server.address, timeout=5) as s:
+                s.sendall(b"ping")
+                assert s.recv(4) == b"ping"
+            ports.append(port)
+
+        def test_two(echo_server):
+            assert echo_server.running
+            ports.append(echo_server.port)
+
+        def test_fresh():
+            assert len(ports) == 2
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+
+
+def test_handler_error_fails_the_test_with_the_server_traceback(pytester: pytest.Pytester):
+    pytester.makepyfile(
+        """
+        import socket
+
+        def parse(conn):
+            data = conn.recv(100)
+            raise ValueError("unparseable request %r" % data)
+
+        def test_client(server_factory):
+            srv = server_factory(parse)
+            with socket.create_connection(srv.address, timeout=5) as s:
+                s.sendall(b"BAD")
+                assert s.recv(10) == b""
+            srv.wait_for_connections(1, closed=True)
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    # A failure of the test itself (call phase), not only an error at teardown.
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*HandlerError: 1 error(s) in server parse@127.0.0.1:*",
+            "*ValueError in connection #0 from 127.0.0.1:*",
+            "*in parse*",
+            "*ValueError: unparseable request b'BAD'*",
+        ]
+    )
+
+
+def test_handler_error_after_the_call_fails_at_teardown(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import socket, threading
+
+        gate, entered = threading.Event(), threading.Event()
+
+        def late(conn):
+            entered.set()
+            gate.wait(10)
+            raise RuntimeError("too late")
+
+        def test_client(server_factory):
+            srv = server_factory(late)
+            socket.create_connection(srv.address, timeout=5).close()
+            assert entered.wait(10)
+            gate.set()
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    # Raised in the call phase when it was fast enough, at teardown at the latest.
+    assert outcomes.get("failed", 0) + outcomes.get("errors", 0) == 1
+    result.stdout.fnmatch_lines(["*RuntimeError: too late*"])
+
+
+def test_blocked_handler_does_not_hang_the_session(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import socket
+
+        def never_returns(conn):
+            conn.recv(1)          # woken by stop()'s shutdown
+            conn.stopping.wait()  # returns once the server stops
+
+        clients = []
+
+        def test_client(server_factory):
+            srv = server_factory(never_returns, concurrency="pool", max_workers=2)
+            for _ in range(5):
+                clients.append(socket.create_connection(srv.address, timeout=5))
+            srv.wait_for_connections(5)
+
+        def test_after():
+            for c in clients:
+                assert c.recv(1) == b""
+                c.close()
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=2)
+
+
+def test_stuck_handler_is_reported_by_name(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import socket, threading
+
+        forever = threading.Event()
+
+        def stuck(conn):
+            forever.wait()
+
+        def test_client(server_factory):
+            srv = server_factory(stuck, stop_timeout=0.5, name="stuckserver")
+            socket.create_connection(srv.address, timeout=5).close()
+            srv.wait_for_connections(1)
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ServerStopTimeout: server stuckserver: 1 worker thread(s) still running*",
+            "*thread 'netthreads?stuckserver?#0', current stack:*",
+            "*forever.wait()*",
+        ]
+    )
+
+
+def test_server_factory_tls_needs_a_context_and_bad_options_are_named(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        from pytest_netthreads import handlers
+
+        def test_bad_tls(server_factory):
+            with pytest.raises(TypeError, match="tls must be True, False or an ssl.SSLContext"):
+                server_factory(handlers.echo, tls="yes")
+
+        def test_bad_option(server_factory):
+            with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+                server_factory(handlers.echo, colour="red")
+
+        def test_several_servers(server_factory):
+            a = server_factory(handlers.echo)
+            b = server_factory(handlers.KeyValue(), concurrency="pool")
+            c = server_factory(handlers.sink, unix=True)
+            assert len({a.address, b.address, c.address}) == 3
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+
+
+def test_server_started_hook(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        seen = []
+
+        def pytest_netthreads_server_started(server, item):
+            seen.append((item.name, server.port))
+        """
+    )
+    pytester.makepyfile(
+        """
+        from conftest import seen
+
+        def test_a(echo_server):
+            assert seen == [("test_a", echo_server.port)]
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def test_fixtures_under_xdist(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import socket, pytest
+
+        @pytest.mark.parametrize("n", range(8))
+        def test_echo(echo_server, n):
+            with socket.create_connection(echo_server.address, timeout=5) as s:
+                s.sendall(b"%d" % n)
+                assert s.recv(10) == b"%d" % n
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=8)
