@@ -7,8 +7,10 @@ accepts, so a slow or stalled handshake never holds up other connections.
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 from .core import ConnectionRecord, ServerConnection, TLSHandshakeFailed, _Counting
@@ -21,6 +23,9 @@ if TYPE_CHECKING:
 HANDSHAKE_TIMEOUT = 10.0
 """Seconds a client has to complete the TLS handshake, unless the server has a
 ``tls_handshake_timeout`` attribute (a number of seconds) saying otherwise."""
+
+LINGER_TIMEOUT = 2.0
+"""After a failed handshake, seconds to wait for the client to close before closing."""
 
 
 class TLSServerConnection(_Counting, ssl.SSLSocket):
@@ -100,6 +105,26 @@ def tls_details(sock: ssl.SSLSocket) -> dict[str, Any]:
     }
 
 
+def _lingering_close(sock: ssl.SSLSocket) -> None:
+    """Send FIN after our alert, then read what the client still sends until it closes.
+
+    Closing a socket with unread data makes the kernel send a reset, and a reset can
+    overtake the TLS alert in the client's receive buffer: the client would see "EOF
+    occurred in violation of protocol" instead of "certificate required" or "unknown ca"
+    (with TLS 1.3 a client sends its request before it learns it was refused).
+    """
+    deadline = time.monotonic() + LINGER_TIMEOUT
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            # The raw socket's recv: the TLS session is dead, only bytes are left.
+            if not socket.socket.recv(sock, 65536):
+                return
+    except OSError:
+        pass
+
+
 def accept_tls(server: ThreadedServer, conn: ServerConnection) -> ServerConnection:
     """Wrap ``conn`` with the server's context and run the handshake (worker thread).
 
@@ -143,8 +168,11 @@ def accept_tls(server: ThreadedServer, conn: ServerConnection) -> ServerConnecti
         wrapped.settimeout(None)
         record.tls = tls_details(wrapped)
     except BaseException as exc:
+        stopping = conn.stopping.is_set()
+        if not stopping and isinstance(exc, ssl.SSLError):
+            _lingering_close(wrapped)
         wrapped.close()
-        if conn.stopping.is_set() or not isinstance(exc, OSError):
+        if stopping or not isinstance(exc, OSError):
             raise
         raise TLSHandshakeFailed(_describe(exc, timeout)) from exc
     return cast("ServerConnection", wrapped)

@@ -36,26 +36,35 @@ class _NativeEcho(NativeConnection):
     """Echo inside the reactor. Backpressure: while output is pending, stop reading."""
 
     pending: memoryview | None = None
-    eof = False
+    own: bytearray | None = None  # a buffer of its own, made the first time output backs up
 
     def on_event(self, mask: int) -> None:
-        if self.pending is not None:
-            if mask & EVENT_WRITE:
-                self._flush()
+        if self.pending is None:
+            if self._echo_once():
+                self.reactor.modify_locked(self.sock, EVENT_WRITE, self)
             return
+        if not mask & EVENT_WRITE or not self._flush():
+            return
+        # Drained: read on at once instead of waiting for another turn of the loop, and stay
+        # registered for writing if the output backs up again (the bulk-transfer case).
+        if not self._echo_once() and not self.closed:
+            self.reactor.modify_locked(self.sock, EVENT_READ, self)
+
+    def _echo_once(self) -> bool:
+        """Read once and echo it; True when output is left pending."""
         reactor = self.reactor
         try:
             n = self.sock.recv_into(reactor.buffer)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             self.close("peer-reset")
-            return
+            return False
         record = self.record
         if not n:
             record.saw_eof = True
             self.close("peer-eof")
-            return
+            return False
         record.bytes_in += n
         try:
             sent = self.sock.send(reactor.view[:n])
@@ -63,26 +72,34 @@ class _NativeEcho(NativeConnection):
             sent = 0
         except OSError:
             self.close("peer-reset")
-            return
+            return False
         record.bytes_out += sent
-        if sent < n:
-            self.pending = memoryview(bytes(reactor.view[sent:n]))
-            reactor.modify_locked(self.sock, EVENT_WRITE, self)
+        if sent == n:
+            return False
+        # Keep the unsent tail without copying it: this connection takes the shared buffer,
+        # and the reactor gets this connection's spare one (made once).
+        own = self.own if self.own is not None else bytearray(len(reactor.buffer))
+        self.own = reactor.buffer
+        reactor.buffer, reactor.view = own, memoryview(own)
+        self.pending = memoryview(self.own)[sent:n]
+        return True
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        """Send pending output; True when all of it is gone."""
         assert self.pending is not None
         try:
             sent = self.sock.send(self.pending)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             self.close("peer-reset")
-            return
+            return False
         self.record.bytes_out += sent
-        self.pending = self.pending[sent:]
-        if not self.pending:
-            self.pending = None
-            self.reactor.modify_locked(self.sock, EVENT_READ, self)
+        if sent < len(self.pending):
+            self.pending = self.pending[sent:]
+            return False
+        self.pending = None
+        return True
 
 
 def echo(conn: ServerConnection) -> None:
