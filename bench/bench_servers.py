@@ -84,7 +84,7 @@ def _with_server(kind: str, shape: str, seconds: float) -> dict[str, float]:
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     try:
-        assert server.stdout is not None and server.stdin is not None
+        assert server.stdout is not None
         port = int(server.stdout.readline())
         out = subprocess.run(
             [PY, str(HERE / "_loadgen.py"), shape, str(port), str(seconds)],
@@ -125,7 +125,8 @@ def main() -> None:
     echo = throughput(1.0 if opts.quick else 3.0, 1 if opts.quick else 3)
     results = HERE / "results"
     results.mkdir(exist_ok=True)
-    (results / "servers.json").write_text(json.dumps({"fixtures": fixtures, "echo": echo}, indent=2))
+    report = {"fixtures": fixtures, "echo": echo}
+    (results / "servers.json").write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -24,18 +24,17 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from .._threads import format_thread_stack
 from ._reactor import EVENT_READ, Reactor, get_reactor
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Buffer
 
-    from typing_extensions import Self
+    from typing_extensions import Buffer, Self
 
-Address = Union[tuple[str, int], str]
+Address = tuple[str, int] | str
 """``(host, port)`` for TCP servers, the socket path for Unix domain servers."""
 
 Concurrency = Literal["thread", "pool", "selector"]
@@ -442,7 +441,7 @@ class ThreadedServer:
             if self._family == socket.AF_UNIX:
                 self._address = self._unix_path or ""
             else:
-                self._address = tuple(sock.getsockname()[:2])  # type: ignore[assignment]
+                self._address = tuple(sock.getsockname()[:2])
             self._sock = sock
             if self.concurrency == "pool":
                 self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -545,7 +544,8 @@ class ThreadedServer:
             f"{timeout:g}s after stop() (left running as daemon threads):"
         ]
         for thread in stuck:
-            parts.append(f"--- thread {thread.name!r}, current stack:\n{format_thread_stack(thread)}")
+            stack = format_thread_stack(thread)
+            parts.append(f"--- thread {thread.name!r}, current stack:\n{stack}")
         return "\n".join(parts)
 
     def _remove_unix_path(self) -> None:
