@@ -382,3 +382,18 @@ def test_thousand_start_stop_cycles_leave_nothing_behind(concurrency: str) -> No
         t.join(10)
     assert live_threads() == threads
     assert open_fds() == fds
+
+
+def test_a_handler_may_stop_its_own_server() -> None:
+    def stop_from_inside(conn: ServerConnection) -> None:
+        conn.sendall(b"bye")
+        conn.server.stop(timeout=5)
+
+    srv = ThreadedServer(stop_from_inside).start()
+    with connect(srv.address) as client:
+        assert recv_exactly(client, 3) == b"bye"
+        assert client.recv(1) == b""
+    srv.wait_for_connections(1, closed=True)
+    assert not srv.running
+    srv.stop()  # the second stop, from the test, is a no-op
+    assert srv.errors == []

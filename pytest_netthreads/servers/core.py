@@ -515,9 +515,11 @@ class ThreadedServer:
                     self._finish(record, "server-stop")
         with self._lock:
             threads = list(self._threads) + list(self._pool_threads)
+        current = threading.current_thread()
         for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        stuck = [t for t in threads if t.is_alive()]
+            if thread is not current:  # stop() called from a handler: do not join itself
+                thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t for t in threads if t.is_alive() and t is not current]
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()]
         self._remove_unix_path()
