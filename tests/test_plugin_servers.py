@@ -122,15 +122,16 @@ def test_stuck_handler_is_reported_by_name(pytester: pytest.Pytester) -> None:
         """
         import socket, threading
 
-        forever = threading.Event()
+        forever, entered = threading.Event(), threading.Event()
 
         def stuck(conn):
+            entered.set()
             forever.wait()
 
         def test_client(server_factory):
             srv = server_factory(stuck, stop_timeout=0.5, name="stuckserver")
             socket.create_connection(srv.address, timeout=5).close()
-            srv.wait_for_connections(1)
+            assert entered.wait(10)
         """
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
