@@ -10,8 +10,9 @@ Everything here works without pytest::
 
 from __future__ import annotations
 
-from . import handlers
+from . import faults, handlers
 from ._version import __version__
+from .detect.threadleak import ThreadLeakChecker, ThreadLeakError
 from .servers import (
     Address,
     ConnectionRecord,
@@ -31,7 +32,10 @@ __all__ = [
     "ServerError",
     "ServerFactory",
     "ServerStopTimeout",
+    "ThreadLeakChecker",
+    "ThreadLeakError",
     "ThreadedServer",
     "__version__",
+    "faults",
     "handlers",
 ]

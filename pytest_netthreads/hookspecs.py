@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from .detect.deadlock import DeadlockReport
+    from .detect.lockorder import LockOrderReport
+    from .detect.socketleak import LeakedSocket
+    from .detect.threadleak import LeakedThread
     from .servers import ThreadedServer
 
 hookspec = pluggy.HookspecMarker("pytest")
@@ -23,4 +27,73 @@ def pytest_netthreads_server_started(server: ThreadedServer, item: Any) -> None:
     Args:
         server: the started server (listening; ``server.address`` is set).
         item: the pytest item (test) that owns it.
+    """
+
+
+@hookspec(firstresult=True)
+def pytest_netthreads_thread_leaks(
+    config: Any, node: Any, owner: str, leaks: list[LeakedThread]
+) -> object | None:
+    """Called with the threads a test (or a fixture scope) left running (``--thread-leak-check``).
+
+    Filter by removing entries from ``leaks`` (in place) and returning ``None``; take the report
+    over by returning anything but ``None`` (nothing more is done then). The default
+    implementation (``trylast``) fails the test at teardown with the report, if ``leaks`` is
+    not empty.
+
+    Args:
+        config: the pytest config.
+        node: the test item, or for a module/class/package/session-scoped fixture the node of
+            its scope; the error is reported at the teardown of the test where that scope ended.
+        owner: a label for who started the threads (the test's node id, or the fixture).
+        leaks: :class:`~pytest_netthreads.detect.threadleak.LeakedThread` records.
+    """
+
+
+@hookspec(firstresult=True)
+def pytest_netthreads_socket_leaks(
+    config: Any, node: Any, owner: str, leaks: list[LeakedSocket]
+) -> object | None:
+    """Called with the sockets a test (or a fixture scope) left open (``--socket-leak-check``).
+
+    The same contract as :func:`pytest_netthreads_thread_leaks`, for
+    :class:`~pytest_netthreads.detect.socketleak.LeakedSocket` records.
+    """
+
+
+@hookspec(firstresult=True)
+def pytest_netthreads_deadlock_report(
+    config: Any, item: Any, report: DeadlockReport
+) -> object | None:
+    """Called in the test's thread after a phase in which a deadlock or hang was found.
+
+    ``--deadlock-timeout`` (or the ``deadlock_timeout`` marker) found a wait-for cycle, or the
+    test was still running at its deadline; the test's thread has already been interrupted
+    (it raised :class:`~pytest_netthreads.detect.deadlock.DeadlockError` or ``HangError``).
+    Return anything but ``None`` to take the report over: the plugin then leaves the phase's
+    outcome as it is. The default implementation (``trylast``) fails the phase with
+    ``report.text``.
+
+    Args:
+        config: the pytest config.
+        item: the test item.
+        report: a :class:`~pytest_netthreads.detect.deadlock.DeadlockReport`
+            (``kind`` is ``"cycle"`` or ``"timeout"``).
+    """
+
+
+@hookspec(firstresult=True)
+def pytest_netthreads_lock_order_report(
+    config: Any, item: Any, report: LockOrderReport
+) -> object | None:
+    """Called with a lock-order inversion (``--lock-order-check``) seen during a test's phase.
+
+    Return anything but ``None`` to take the report over (the test is then not failed for it).
+    The default implementation (``trylast``) fails the phase with ``report.text``. ``item`` is
+    ``None`` for an inversion seen outside any test (it is then shown in the terminal summary).
+
+    Args:
+        config: the pytest config.
+        item: the test item, or ``None``.
+        report: a :class:`~pytest_netthreads.detect.lockorder.LockOrderReport`.
     """

@@ -6,18 +6,29 @@ usable without it.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
-from typing import TYPE_CHECKING
+import re
+from collections.abc import Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from . import handlers, hookspecs
+from .detect.deadlock import DeadlockDetector, DeadlockError, HangError
+from .detect.lockorder import LockOrderChecker
+from .detect.socketleak import format_socket_leaks
+from .detect.threadleak import ThreadLeakChecker, compile_patterns, format_thread_leaks
+from .faults import FaultProxy, ProxyError, SocketFaults
 from .servers import ThreadedServer
 from .servers._reactor import shutdown_reactor_if_idle
 from .servers.factory import ServerFactory
 
 if TYPE_CHECKING:
     import ssl
+
+    from .detect.deadlock import DeadlockReport
+    from .detect.lockorder import LockOrderReport
+    from .detect.socketleak import LeakedSocket
+    from .detect.threadleak import LeakedThread
 
 # Servers started by a test's fixtures, checked for handler errors right after the call
 # phase (so a handler error fails the test itself, not only its teardown).
@@ -35,6 +46,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("netthreads", "pytest-netthreads: servers, faults, detectors")
     # Each feature adds its options (each mirrored by an ini key) with one call here.
     _add_tls_options(parser, group)
+    _add_thread_leak_options(parser, group)
+    _add_faults_options(parser, group)
+    _add_deadlock_options(parser, group)
     del group
 
 
@@ -42,6 +56,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # Each feature registers its markers here, and, only when it is switched on, an object
     # holding its hook implementations (config.pluginmanager.register), so that a feature
     # that is off costs nothing per test.
+    _configure_thread_leak(config)
+    _configure_faults(config)
+    _configure_deadlock(config)
     del config
 
 
@@ -169,3 +186,538 @@ def tls_echo_server(
     _own(request, server)
     yield server
     server.stop()
+
+
+# -- thread-leak check ----------------------------------------------------------------------
+
+_THREAD_LEAK_CHECKER = pytest.StashKey[ThreadLeakChecker]()
+_LEAK_OWNER = pytest.StashKey["_LeakOwner"]()
+
+
+def _add_thread_leak_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
+    group.addoption(
+        "--thread-leak-check",
+        action="store_true",
+        default=None,
+        help="fail a test (at teardown) that leaves threads running; module/class/session-"
+        "scoped fixtures are checked when their scope ends (ini: thread_leak_check)",
+    )
+    group.addoption(
+        "--thread-leak-grace",
+        metavar="SECONDS",
+        default=None,
+        help="how long to wait (joining) for a test's threads to finish before calling them "
+        "leaked; default 1.0 (ini: thread_leak_grace)",
+    )
+    group.addoption(
+        "--socket-leak-check",
+        action="store_true",
+        default=None,
+        help="fail a test (at teardown) that leaves sockets it created open "
+        "(ini: socket_leak_check)",
+    )
+    parser.addini("thread_leak_check", "like --thread-leak-check", type="bool", default=False)
+    parser.addini("thread_leak_grace", "like --thread-leak-grace (seconds)", default="1.0")
+    parser.addini(
+        "thread_leak_ignore",
+        "regexes, one a line: threads whose name matches one (re.search) are never reported",
+        type="linelist",
+        default=[],
+    )
+    parser.addini("socket_leak_check", "like --socket-leak-check", type="bool", default=False)
+
+
+def _leak_option(config: pytest.Config, name: str) -> object:
+    value = config.getoption(name)
+    return config.getini(name) if value is None else value
+
+
+def _configure_thread_leak(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "allow_thread_leak(*name_patterns): with --thread-leak-check, do not report the "
+        "threads this test (or module/class, as pytestmark) leaves running; with patterns "
+        "(regexes, re.search), only the threads whose name matches one",
+    )
+    threads = bool(_leak_option(config, "thread_leak_check"))
+    sockets = bool(_leak_option(config, "socket_leak_check"))
+    if not (threads or sockets):
+        return
+    raw_grace = _leak_option(config, "thread_leak_grace")
+    try:
+        grace = float(str(raw_grace))
+    except ValueError:
+        grace = -1.0
+    if not grace >= 0:
+        raise pytest.UsageError(
+            f"--thread-leak-grace / thread_leak_grace must be a number of seconds >= 0, "
+            f"got {raw_grace!r}"
+        )
+    try:
+        ignore = compile_patterns(config.getini("thread_leak_ignore"), "thread_leak_ignore")
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    checker = ThreadLeakChecker(grace=grace, sockets=sockets)
+    checker.ignore = ignore
+    config.stash[_THREAD_LEAK_CHECKER] = checker
+    checker.start()
+    config.add_cleanup(checker.stop)
+    config.pluginmanager.register(
+        _ThreadLeakPlugin(config, checker, threads=threads, sockets=sockets),
+        "netthreads-thread-leak",
+    )
+
+
+class _LeakOwner:
+    """Who started a thread: a test, or one execution of a higher-scoped fixture."""
+
+    __slots__ = ("label", "node")
+
+    def __init__(self, label: str, node: pytest.Item | pytest.Collector | None) -> None:
+        self.label = label
+        self.node = node
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def _allowed_threads(node: pytest.Item | pytest.Collector | None) -> list[re.Pattern[str]] | None:
+    """The name patterns ``allow_thread_leak`` markers allow; ``None``: every thread."""
+    if node is None:
+        return []
+    patterns: list[str] = []
+    for marker in node.iter_markers("allow_thread_leak"):
+        if not marker.args:
+            return None
+        patterns.extend(marker.args)
+    try:
+        return compile_patterns(patterns, f"@pytest.mark.allow_thread_leak on {node.nodeid}")
+    except (TypeError, ValueError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+class _ThreadLeakPlugin:
+    """The hooks of ``--thread-leak-check`` / ``--socket-leak-check`` (registered only then)."""
+
+    def __init__(
+        self, config: pytest.Config, checker: ThreadLeakChecker, *, threads: bool, sockets: bool
+    ) -> None:
+        self.config = config
+        self.checker = checker
+        self.threads = threads
+        self.sockets = sockets
+        self._scope_owners: dict[object, _LeakOwner] = {}
+        self._ended: list[_LeakOwner] = []
+        self._reports: list[str] = []
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        # A higher-scoped fixture finalized during this setup (a parametrized one replaced by
+        # its next instance) is checked at this test's teardown: the test still runs.
+        owner = item.stash[_LEAK_OWNER] = _LeakOwner(item.nodeid, item)
+        self.checker.set_owner(owner)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
+        owner = item.stash.get(_LEAK_OWNER, None)
+        owners = [owner] if owner is not None else []
+        try:
+            result = yield
+        except BaseException as exc:
+            self.checker.set_owner(None)
+            self._check_owners(owners, in_flight=exc)
+            raise
+        self.checker.set_owner(None)
+        self._check_owners(owners, in_flight=None)
+        return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
+    ) -> Generator[None, object, object]:
+        if fixturedef.scope == "function":
+            return (yield)
+        node = request.node
+        where = node.nodeid or "the session"
+        label = f"{fixturedef.scope}-scoped fixture {fixturedef.argname!r} ({where})"
+        owner = _LeakOwner(label, node)
+        self._scope_owners[fixturedef] = owner
+        previous = self.checker.set_owner(owner)
+        try:
+            return (yield)
+        finally:
+            self.checker.set_owner(previous)
+
+    def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[object]) -> None:
+        owner = self._scope_owners.pop(fixturedef, None)
+        if owner is not None and self.checker.has_records(owner):
+            self._ended.append(owner)
+
+    def _check_owners(self, owners: list[_LeakOwner], in_flight: BaseException | None) -> None:
+        if self._ended:
+            owners = owners + self._ended
+            self._ended = []
+        hook = self.config.hook
+        for owner in owners:
+            if not self.checker.has_records(owner):
+                continue
+            allow = _allowed_threads(owner.node) if self.threads else None
+            leaks = self.checker.check(owner, allow=allow)
+            if leaks:
+                hook.pytest_netthreads_thread_leaks(
+                    config=self.config, node=owner.node, owner=owner.label, leaks=leaks
+                )
+            if self.sockets:
+                sockets = self.checker.check_sockets(owner)
+                if sockets:
+                    hook.pytest_netthreads_socket_leaks(
+                        config=self.config, node=owner.node, owner=owner.label, leaks=sockets
+                    )
+        reports, self._reports = self._reports, []
+        if not reports:
+            return
+        text = "\n\n".join(reports)
+        if in_flight is not None and hasattr(in_flight, "add_note"):
+            in_flight.add_note(text)  # keep the teardown's own error; the leaks come after it
+            return
+        pytest.fail(text, pytrace=False)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_netthreads_thread_leaks(self, owner: str, leaks: list[LeakedThread]) -> object:
+        if leaks:
+            self._reports.append(format_thread_leaks(owner, leaks, self.checker.grace))
+        return True
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_netthreads_socket_leaks(self, owner: str, leaks: list[LeakedSocket]) -> object:
+        if leaks:
+            self._reports.append(format_socket_leaks(owner, leaks))
+        return True
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+# Fault proxies a test's fixtures started: checked for proxy errors after the call phase, and
+# their seed and fault log added to the report of a failed test.
+_FAULT_PROXIES = pytest.StashKey[list[FaultProxy]]()
+
+
+def _add_faults_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
+    group.addoption(
+        "--fault-seed",
+        type=int,
+        default=None,
+        dest="fault_seed",
+        metavar="SEED",
+        help="seed for every fault proxy without an explicit seed= (a failed test shows the "
+        "seed it used; pass it here to replay the same faults).",
+    )
+    parser.addini("fault_seed", "like --fault-seed (an int; empty: a random seed)", default="")
+
+
+def _fault_seed(config: pytest.Config) -> int | None:
+    seed = config.getoption("fault_seed", None)
+    if seed is not None:
+        return int(seed)
+    ini = str(config.getini("fault_seed")).strip()
+    if not ini:
+        return None
+    try:
+        return int(ini)
+    except ValueError:
+        raise pytest.UsageError(f"ini fault_seed must be an int, got {ini!r}") from None
+
+
+def _configure_faults(config: pytest.Config) -> None:
+    _fault_seed(config)  # a bad ini value is a usage error at start, not in the first test
+
+
+class _FaultsPlugin:
+    """Registered the first time a test uses ``fault_proxy`` (so it costs nothing before)."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
+        try:
+            return (yield)
+        finally:
+            for proxy in item.stash.get(_FAULT_PROXIES, []):
+                proxy.check()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        proxies = item.stash.get(_FAULT_PROXIES, [])
+        if report.failed and proxies:
+            for proxy in proxies:
+                text = proxy.format_log()
+                text += f"\nreplay with: pytest --fault-seed={proxy.seed} (or seed={proxy.seed})"
+                report.sections.append((f"fault proxy {proxy.name} ({report.when})", text))
+        return report
+
+
+@pytest.fixture
+def fault_proxy(request: pytest.FixtureRequest) -> Iterator[Callable[..., FaultProxy]]:
+    """``fault_proxy(target, *faults, seed=None, **options)`` starts a :class:`FaultProxy`.
+
+    ``target`` is an address or any object with ``.address`` (``echo_server``, a server from
+    ``server_factory``...). Clients connect to the returned proxy's ``.address``. Without a
+    ``seed`` it uses ``--fault-seed`` (ini ``fault_seed``), else a random one; a failed test
+    reports the seed and the fault log. Proxy errors fail the test; all stop at teardown.
+    """
+    config = request.config
+    if not config.pluginmanager.has_plugin("netthreads-faults"):
+        config.pluginmanager.register(_FaultsPlugin(), "netthreads-faults")
+    default_seed = _fault_seed(config)
+    node = request.node
+    proxies = node.stash.setdefault(_FAULT_PROXIES, [])
+
+    def make(target: object, *faults: Any, seed: int | None = None, **options: Any) -> FaultProxy:
+        proxy = FaultProxy(
+            target, *faults, seed=default_seed if seed is None else seed, **options
+        ).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    errors: list[ProxyError] = []
+    for proxy in proxies:
+        try:
+            proxy.stop()
+        except ProxyError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def socket_faults() -> Iterator[SocketFaults]:
+    """In-process faults on the sockets the test's code connects (:class:`SocketFaults`).
+
+    ``socket_faults.add(faults.RecvChunks([1, 2]), address=server.address)``; undone at
+    teardown.
+    """
+    faults = SocketFaults().install()
+    yield faults
+    faults.undo()
+
+
+# -- deadlock detectors ---------------------------------------------------------------------
+
+_DEADLOCK_PLUGIN_NAME = "netthreads-deadlock"
+
+
+def _add_deadlock_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
+    group.addoption(
+        "--deadlock-timeout",
+        metavar="SECONDS",
+        default=None,
+        help="track locks and joins: fail a test the moment its threads deadlock (a wait-for "
+        "cycle), or that is still running after SECONDS (0: cycles only), with every "
+        "thread's stack (ini: deadlock_timeout)",
+    )
+    group.addoption(
+        "--lock-order-check",
+        action="store_true",
+        default=None,
+        help="fail a test that takes locks in an order inverse to an order seen before "
+        "(a potential deadlock, even if none happened) (ini: lock_order_check)",
+    )
+    parser.addini("deadlock_timeout", "like --deadlock-timeout (seconds)", default=None)
+    parser.addini("lock_order_check", "like --lock-order-check", type="bool", default=False)
+
+
+def _seconds(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"{what} must be a number of seconds >= 0, got {value!r}")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{what} must be a number of seconds >= 0, got {value!r}") from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"{what} must be a number of seconds >= 0, got {value!r}")
+    return seconds
+
+
+def _configure_deadlock(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "deadlock_timeout(seconds): fail this test if it is still running after `seconds` "
+        "(0: wait-for cycles only); turns the deadlock detector on if it is off",
+    )
+    raw = config.getoption("deadlock_timeout")
+    if raw is None:
+        raw = config.getini("deadlock_timeout")
+    timeout: float | None = None
+    if raw not in (None, ""):
+        try:
+            timeout = _seconds(raw, "--deadlock-timeout (ini deadlock_timeout)")
+        except (TypeError, ValueError) as exc:
+            raise pytest.UsageError(str(exc)) from None
+    lock_order = config.getoption("lock_order_check")
+    if lock_order is None:
+        lock_order = config.getini("lock_order_check")
+    lock_order = bool(lock_order)
+    if timeout is None and not lock_order:
+        # Off: only look, once at collection, for a deadlock_timeout marker.
+        config.pluginmanager.register(_DeadlockMarkerProbe(config), _DEADLOCK_PLUGIN_NAME)
+        return
+    _start_deadlock_plugin(config, timeout, deadlock=timeout is not None, lock_order=lock_order)
+
+
+def _start_deadlock_plugin(
+    config: pytest.Config, timeout: float | None, *, deadlock: bool, lock_order: bool
+) -> _DeadlockPlugin:
+    plugin = _DeadlockPlugin(config, timeout, deadlock=deadlock, lock_order=lock_order)
+    if config.pluginmanager.get_plugin(_DEADLOCK_PLUGIN_NAME) is not None:
+        config.pluginmanager.unregister(name=_DEADLOCK_PLUGIN_NAME)
+    config.pluginmanager.register(plugin, _DEADLOCK_PLUGIN_NAME)
+    plugin.start()
+    config.add_cleanup(plugin.stop)
+    return plugin
+
+
+class _DeadlockMarkerProbe:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        if any(item.get_closest_marker("deadlock_timeout") for item in items):
+            _start_deadlock_plugin(self.config, None, deadlock=True, lock_order=False)
+
+
+class _DeadlockPlugin:
+    """The hooks of ``--deadlock-timeout`` / ``--lock-order-check`` (registered when on)."""
+
+    def __init__(
+        self, config: pytest.Config, timeout: float | None, *, deadlock: bool, lock_order: bool
+    ) -> None:
+        self.config = config
+        self.timeout = timeout
+        self.detector = (
+            DeadlockDetector(kill_grace=max(5.0, timeout or 0.0), before_kill=self._release_stderr)
+            if deadlock
+            else None
+        )
+        self.checker = LockOrderChecker() if lock_order else None
+        self.outside: list[str] = []  # reports from outside any test, for the summary
+
+    def start(self) -> None:
+        if self.checker is not None:
+            self.checker.start()
+        if self.detector is not None:
+            self.detector.start()
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        # --lock-order-check alone: a deadlock_timeout marker still turns the detector on.
+        if self.detector is None and any(
+            item.get_closest_marker("deadlock_timeout") for item in items
+        ):
+            self.detector = DeadlockDetector(kill_grace=5.0, before_kill=self._release_stderr)
+            self.detector.start()
+
+    def stop(self) -> None:
+        if self.detector is not None:
+            self.detector.stop()
+        if self.checker is not None:
+            self.checker.stop()
+
+    def _release_stderr(self) -> None:
+        # The last-resort message must reach the real stderr, not the test's capture.
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        if capman is not None:
+            capman.suspend_global_capture(in_=False)
+
+    def _timeout_for(self, item: pytest.Item) -> float | None:
+        marker = item.get_closest_marker("deadlock_timeout")
+        if marker is None:
+            return self.timeout
+        if len(marker.args) + len(marker.kwargs) != 1 or set(marker.kwargs) - {"seconds"}:
+            raise TypeError(
+                "deadlock_timeout(seconds) takes one argument, the seconds, got "
+                f"args={marker.args!r} kwargs={marker.kwargs!r}"
+            )
+        value = marker.args[0] if marker.args else marker.kwargs["seconds"]
+        return _seconds(value, "deadlock_timeout(seconds): seconds")
+
+    def _collect(self, item: pytest.Item | None) -> str | None:
+        """Hand the pending reports to the hooks; the failure message, if any is left."""
+        hook = self.config.hook
+        failures: list[str] = []
+        reports: list[tuple[Any, Any]] = []
+        if self.detector is not None:
+            for report in self.detector.take_reports():
+                report.join_threads(2.0)
+                reports.append((hook.pytest_netthreads_deadlock_report, report))
+        if self.checker is not None:
+            reports += [
+                (hook.pytest_netthreads_lock_order_report, r) for r in self.checker.take_reports()
+            ]
+        for caller, report in reports:
+            try:
+                caller(config=self.config, item=item, report=report)
+            except pytest.fail.Exception as exc:
+                failures.append(str(exc.msg))
+        return "\n".join(failures) if failures else None
+
+    def _phase(self, item: pytest.Item) -> Generator[None, object, object]:
+        try:
+            result = yield
+        except BaseException as exc:
+            failure = self._collect(item)
+            if failure is None:
+                raise
+            if not isinstance(exc, (DeadlockError, HangError)):
+                # e.g. the aborted threads' exceptions turned into errors by -W error
+                first = (str(exc).splitlines() or [""])[0]
+                failure += f"\n(the phase also raised {type(exc).__name__}: {first})"
+            # Our report replaces the interrupt (which only repeats it).
+            raise pytest.fail.Exception(failure, pytrace=False) from None
+        failure = self._collect(item)
+        if failure is not None:
+            pytest.fail(failure, pytrace=False)
+        return result
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_netthreads_deadlock_report(
+        self, item: pytest.Item | None, report: DeadlockReport
+    ) -> object | None:
+        if item is None:
+            self.outside.append(report.text)
+            return True
+        pytest.fail(report.text, pytrace=False)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_netthreads_lock_order_report(
+        self, item: pytest.Item | None, report: LockOrderReport
+    ) -> object | None:
+        if item is None:
+            self.outside.append(report.text)
+            return True
+        pytest.fail(report.text, pytrace=False)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, object, object]:
+        if self.detector is not None:
+            self.detector.arm(item.nodeid, self._timeout_for(item))
+        return (yield from self._phase(item))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
+        return (yield from self._phase(item))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
+        try:
+            return (yield from self._phase(item))
+        finally:
+            if self.detector is not None:
+                self.detector.disarm()
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        self._collect(None)
+        if self.outside:
+            terminalreporter.section("deadlock detectors: found outside any test", red=True)
+            for text in self.outside:
+                terminalreporter.write_line(text)

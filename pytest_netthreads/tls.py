@@ -34,7 +34,7 @@ import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Union
 
 import trustme
 from cryptography import x509
@@ -108,14 +108,12 @@ _VERSIONS = {
 _CLIENT_CERTS = ("none", "optional", "required")
 
 
-@dataclass(frozen=True)
-class CertFiles:
-    """Paths of a certificate chain and its key on disk (mode 0600).
+class CertFiles(NamedTuple):
+    """Paths of a certificate chain and its key on disk (mode 0600): ``cert, key = ...``.
 
-    Attributes:
-        cert: the PEM certificate chain, leaf first (what ``load_cert_chain``,
-            nginx ``ssl_certificate`` or ``redis-server --tls-cert-file`` take).
-        key: the PEM private key (unencrypted).
+    ``cert`` is the PEM certificate chain, leaf first (what ``load_cert_chain``, nginx's
+    ``ssl_certificate`` or ``redis-server --tls-cert-file`` take); ``key`` the PEM private
+    key, unencrypted.
     """
 
     cert: str
@@ -220,8 +218,7 @@ def _alpn(value: Sequence[str] | None) -> tuple[str, ...] | None:
         return None
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise TypeError(
-            f"alpn must be a sequence of protocol names such as ['h2', 'http/1.1'], "
-            f"got {value!r}"
+            f"alpn must be a sequence of protocol names such as ['h2', 'http/1.1'], got {value!r}"
         )
     for item in value:
         if not isinstance(item, str) or not item or len(item.encode()) > 255:
@@ -272,8 +269,7 @@ class CertificateAuthority:
     ) -> None:
         if isinstance(identities, str) or not isinstance(identities, Sequence):
             raise TypeError(
-                f"identities must be a sequence of host names or IP addresses, "
-                f"got {identities!r}"
+                f"identities must be a sequence of host names or IP addresses, got {identities!r}"
             )
         if not identities or not all(isinstance(i, str) and i for i in identities):
             raise ValueError(
@@ -352,20 +348,22 @@ class CertificateAuthority:
         elif preset == "wrong-host":
             leaf = self.issue_cert(WRONG_HOST)
         elif preset == "untrusted":
-            if self._rogue is None:
-                self._rogue = trustme.CA(organization_name="not the CA you trust")
-            leaf = self._rogue.issue_cert(*self.identities)
+            leaf = self._rogue_ca().issue_cert(*self.identities)
         elif preset == "self-signed":
             return _self_signed(self.identities)
         elif preset == "client":
             leaf = self.issue_cert(CLIENT_IDENTITY)
         elif preset == "untrusted-client":
-            if self._rogue is None:
-                self._rogue = trustme.CA(organization_name="not the CA you trust")
-            leaf = self._rogue.issue_cert(CLIENT_IDENTITY)
+            leaf = self._rogue_ca().issue_cert(CLIENT_IDENTITY)
         else:  # pragma: no cover - callers validate
             raise AssertionError(preset)
         return _KeyAndChain.from_leaf(leaf)
+
+    def _rogue_ca(self) -> trustme.CA:
+        """Another CA, trusted by nobody (called with the lock held)."""
+        if self._rogue is None:
+            self._rogue = trustme.CA(organization_name="not the CA you trust")
+        return self._rogue
 
     # -- contexts -----------------------------------------------------------------------
 
@@ -388,6 +386,13 @@ class CertificateAuthority:
             maximum_version: the highest TLS version offered, e.g. ``"1.2"``.
             alpn: ALPN protocols the server selects from, in order of preference.
         """
+        # Fast path (a fixture asks for the same context in every test): a cache hit means
+        # these arguments were validated before.
+        raw_key = (preset, client_certs, minimum_version, maximum_version, alpn)
+        try:
+            return self._server_contexts[raw_key]
+        except (KeyError, TypeError):  # TypeError: unhashable arguments (a list of ALPNs)
+            pass
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
         if client_certs not in _CLIENT_CERTS:
@@ -395,12 +400,12 @@ class CertificateAuthority:
         low = _tls_version(minimum_version, "minimum_version")
         high = _tls_version(maximum_version, "maximum_version")
         protocols = _alpn(alpn)
-        self._check_open()
         key = (preset, client_certs, low, high, protocols)
         with self._lock:
             cached = self._server_contexts.get(key)
         if cached is not None:
             return cached
+        self._check_open()
         identity = self._identity(preset)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         identity.load_into(context)
@@ -415,7 +420,12 @@ class CertificateAuthority:
         context.sni_callback = record_sni
         with self._lock:
             # Two threads may have built one at once; keep the first so callers share it.
-            return self._server_contexts.setdefault(key, context)
+            context = self._server_contexts.setdefault(key, context)
+            try:
+                self._server_contexts[raw_key] = context
+            except TypeError:
+                pass
+            return context
 
     def client_context(
         self,
@@ -512,6 +522,7 @@ class CertificateAuthority:
         """Remove every file written for this CA. Calling it again does nothing."""
         with self._lock:
             self._closed = True
+            self._server_contexts.clear()
             finalizer, self._finalizer = self._finalizer, None
             self._files.clear()
             self._files_dir = None
@@ -537,4 +548,5 @@ __all__ = [
     "ClientCerts",
     "Preset",
     "TLSVersionLike",
+    "record_sni",
 ]

@@ -40,19 +40,37 @@ class TLSServerConnection(_Counting, ssl.SSLSocket):
     sni_name: str | None = None
     """The server name the client asked for (SNI), when the context records it."""
 
-    # SSLSocket's signatures, counting through _Counting.
+    # SSLSocket's signatures, counting through _Counting. A client that vanishes without
+    # closing TLS makes OpenSSL raise SSLEOFError; it is raised as ConnectionAbortedError,
+    # a disconnect like ConnectionResetError on plain sockets (see ignore_disconnects).
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        return _Counting.recv(self, buflen, flags)
+        try:
+            return _Counting.recv(self, buflen, flags)
+        except ssl.SSLEOFError as exc:
+            raise _vanished(exc) from exc
 
     def recv_into(self, buffer: Buffer, nbytes: int | None = None, flags: int = 0) -> int:
         if nbytes is None:
             nbytes = memoryview(buffer).nbytes
-        return _Counting.recv_into(self, buffer, nbytes, flags)
+        try:
+            return _Counting.recv_into(self, buffer, nbytes, flags)
+        except ssl.SSLEOFError as exc:
+            raise _vanished(exc) from exc
+
+    def send(self, data: Buffer, flags: int = 0) -> int:
+        try:
+            return _Counting.send(self, data, flags)
+        except ssl.SSLEOFError as exc:
+            raise _vanished(exc) from exc
 
     def sendall(self, data: Buffer, flags: int = 0) -> None:
         # SSLSocket.sendall loops over self.send, which already counts: skip
         # _Counting.sendall so that each byte is counted once.
         ssl.SSLSocket.sendall(self, data, flags)
+
+
+def _vanished(exc: ssl.SSLEOFError) -> ConnectionAbortedError:
+    return ConnectionAbortedError(f"the client closed the TLS connection abruptly ({exc})")
 
 
 def record_sni(sock: Any, server_name: str | None, context: ssl.SSLContext) -> None:
@@ -141,6 +159,11 @@ def accept_tls(server: ThreadedServer, conn: ServerConnection) -> ServerConnecti
         raise RuntimeError(f"server {server.name} has no ssl_context")
     record = conn.record
     timeout = _handshake_timeout(server)
+    if conn.family in (socket.AF_INET, socket.AF_INET6):
+        # A handshake is several small writes (and TLS 1.3 servers send session tickets
+        # right after it): with Nagle's algorithm against the client's delayed ACK, the
+        # first round trip waits ~40 ms.
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         # What SSLContext.wrap_socket does, with our subclass: setting
         # context.sslsocket_class instead would change a context the user may share.

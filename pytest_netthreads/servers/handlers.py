@@ -198,7 +198,11 @@ def close(conn: ServerConnection) -> None:
     The server shuts down its sending side immediately, then reads (and discards) until the
     client closes, so that data the client sent is not answered with a reset.
     """
-    conn.shutdown(socket.SHUT_WR)
+    try:
+        conn.shutdown(socket.SHUT_WR)
+    except OSError:  # ENOTCONN: the client has reset the connection already
+        conn.record.how_closed = "peer-reset"
+        return
     _drain_until_eof(conn)
     conn.record.how_closed = "handler"
 

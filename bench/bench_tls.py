@@ -1,0 +1,202 @@
+"""TLS benchmarks, all measured side by side in one run.
+
+    python bench/bench_tls.py [--tests 1000] [--reps 3] [--handshakes 300]
+
+1. Per-test fixture cost: generated suites of trivial tests, each suite run in a fresh
+   ``python -m pytest`` subprocess, for: no fixture; a fresh ``echo_server`` (plain TCP)
+   and a fresh ``tls_echo_server`` per test;
+   pytest-httpserver's (session-reused) ``httpserver``; and pytest-localserver's
+   ``httpsserver`` (a fresh one per test; 20 tests, it is slow). A conftest times the
+   session from its start to the end of its teardown (interpreter start-up and plugin
+   imports excluded); the per-test cost is the difference with the no-fixture suite of the
+   same size, divided by the number of tests. One-off session set-up (importing trustme,
+   making the CA; starting pytest-httpserver's server) is included, spread over the tests.
+2. TLS connect + handshake + one 64-byte round trip against a ``ThreadedServer`` with the
+   session CA's context, next to the same over plain TCP.
+3. Building a server ``SSLContext`` from the CA, cached and uncached.
+
+Runs are interleaved and the median of ``--reps`` is taken: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+from pytest_netthreads import ThreadedServer, handlers
+from pytest_netthreads.tls import CertificateAuthority
+
+SUITES: dict[str, str] = {
+    "trivial": "def test_{i}():\n    pass\n",
+    "echo_server (plain TCP)": "def test_{i}(echo_server):\n    pass\n",
+    "tls_echo_server": "def test_{i}(tls_echo_server):\n    pass\n",
+    "httpserver": "def test_{i}(httpserver):\n    pass\n",
+    "localserver httpsserver": "def test_{i}(httpsserver):\n    pass\n",
+}
+
+
+CONFTEST = """
+import os, time
+import pytest
+
+_start = []
+
+def pytest_sessionstart(session):
+    _start.extend((time.perf_counter(), time.process_time()))
+
+@pytest.hookimpl(trylast=True)  # after the session-scoped fixtures were torn down
+def pytest_sessionfinish(session):
+    with open(os.environ["BENCH_TLS_OUT"], "w") as f:
+        f.write(f"{time.perf_counter() - _start[0]!r} {time.process_time() - _start[1]!r}")
+"""
+
+
+def write_suite(directory: str, name: str, count: int) -> str:
+    path = os.path.join(directory, f"test_{re.sub(r'[^a-z0-9]+', '_', name)}_{count}.py")
+    with open(path, "w") as f:
+        f.write("".join(SUITES[name].format(i=i) for i in range(count)))
+    return path
+
+
+def run_suite(directory: str, path: str, expected: int) -> tuple[float, float]:
+    """Wall and CPU seconds (all threads) from session start to the end of session teardown
+    (interpreter start-up excluded)."""
+    out = os.path.join(directory, "elapsed.txt")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", "pytest.ini", path],
+        cwd=directory,
+        env={**os.environ, "BENCH_TLS_OUT": out},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0 or f"{expected} passed" not in proc.stdout:
+        raise RuntimeError(f"suite {path} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    with open(out) as f:
+        wall, cpu = f.read().split()
+    return float(wall), float(cpu)
+
+
+def fixture_costs(tests: int, reps: int) -> list[tuple[str, int, float, float]]:
+    """(suite, tests, wall ms, CPU ms) per test over the trivial suite of the same size."""
+    sizes = {name: tests for name in SUITES}
+    sizes["localserver httpsserver"] = 20
+    times: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-tls-") as directory:
+        with open(os.path.join(directory, "pytest.ini"), "w") as f:
+            f.write("[pytest]\n")
+        with open(os.path.join(directory, "conftest.py"), "w") as f:
+            f.write(CONFTEST)
+        runs = {(name, sizes[name]) for name in SUITES} | {("trivial", 20)}
+        paths = {(name, n): write_suite(directory, name, n) for name, n in sorted(runs)}
+        for _ in range(reps):
+            for (name, n), path in paths.items():
+                times.setdefault((name, n), []).append(run_suite(directory, path, n))
+    wall = {key: statistics.median(w for w, _ in values) for key, values in times.items()}
+    cpu = {key: statistics.median(c for _, c in values) for key, values in times.items()}
+    base = ("trivial", tests)
+    rows = [("trivial", tests, wall[base] / tests * 1e3, cpu[base] / tests * 1e3)]
+    for name in SUITES:
+        if name != "trivial":
+            key, ref = (name, sizes[name]), ("trivial", sizes[name])
+            n = sizes[name]
+            rows.append(
+                (name, n, (wall[key] - wall[ref]) / n * 1e3, (cpu[key] - cpu[ref]) / n * 1e3)
+            )
+    return rows
+
+
+def time_per_call(func: Callable[[], object], count: int) -> tuple[float, float]:
+    """(median, mean) milliseconds per call."""
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        func()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e3, statistics.fmean(samples) * 1e3
+
+
+def round_trips(ca: CertificateAuthority, count: int) -> list[tuple[str, float, float]]:
+    payload = b"x" * 64
+    client_context = ca.client_context()
+    rows = []
+    with ThreadedServer(handlers.echo, ssl_context=ca.server_context()) as tls_srv:
+
+        def tls_round_trip() -> None:
+            raw = socket.create_connection((tls_srv.host, tls_srv.port), timeout=10)
+            with client_context.wrap_socket(raw, server_hostname="localhost") as conn:
+                conn.sendall(payload)
+                got = b""
+                while len(got) < len(payload):
+                    got += conn.recv(len(payload))
+
+        time_per_call(tls_round_trip, 20)  # warm up
+        rows.append(("TLS connect + handshake + round trip", *time_per_call(tls_round_trip, count)))
+    with ThreadedServer(handlers.echo) as tcp_srv:
+
+        def tcp_round_trip() -> None:
+            with socket.create_connection((tcp_srv.host, tcp_srv.port), timeout=10) as conn:
+                conn.sendall(payload)
+                got = b""
+                while len(got) < len(payload):
+                    got += conn.recv(len(payload))
+
+        time_per_call(tcp_round_trip, 20)
+        rows.append(("plain TCP connect + round trip", *time_per_call(tcp_round_trip, count)))
+    return rows
+
+
+def context_builds(count: int) -> list[tuple[str, float, float]]:
+    with CertificateAuthority() as ca:
+        ca.server_context()  # issue the certificate once
+        cached = time_per_call(ca.server_context, count)
+
+        def uncached() -> None:
+            ca._server_contexts.clear()  # what a cache miss costs: load the key and chain
+            ca.server_context()
+
+        fresh = time_per_call(uncached, count)
+        new_ca = time_per_call(lambda: CertificateAuthority().close(), max(10, count // 10))
+    return [
+        ("server SSLContext, cached (per test)", *cached),
+        ("server SSLContext, built (once per session)", *fresh),
+        ("new CertificateAuthority (root + intermediate)", *new_ca),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tests", type=int, default=1000, help="tests in the large suites")
+    parser.add_argument("--reps", type=int, default=3, help="runs of each suite (median)")
+    parser.add_argument("--handshakes", type=int, default=300, help="TLS round trips timed")
+    args = parser.parse_args()
+    if args.tests < 10 or args.reps < 1 or args.handshakes < 1:
+        parser.error("--tests must be >= 10, --reps and --handshakes >= 1")
+
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; medians of {args.reps} runs")
+    print("\nPer-test cost of each fixture: session time (set-up and teardown included)")
+    print("over the trivial suite's of the same size, divided by the number of tests:")
+    print(f"{'suite':<36}{'tests':>7}{'wall ms':>10}{'CPU ms':>10}")
+    for name, n, wall_ms, cpu_ms in fixture_costs(args.tests, args.reps):
+        label = "trivial tests (absolute, no fixture)" if name == "trivial" else name
+        print(f"{label:<36}{n:>7}{wall_ms:>10.3f}{cpu_ms:>10.3f}")
+
+    with CertificateAuthority() as ca:
+        rows = round_trips(ca, args.handshakes)
+    rows += context_builds(args.handshakes)
+    print(f"\n{'operation':<48}{'median ms':>10}{'mean ms':>10}")
+    for label, med, mean in rows:
+        print(f"{label:<48}{med:>10.3f}{mean:>10.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,496 @@
+"""The wait-for graph (deadlocks found when they form) and the hang watchdog.
+
+A thread waits for a tracked lock (which its owner holds) or, in ``Thread.join``, for another
+thread. When a thread is about to block, :class:`DeadlockDetector` follows that chain; if it
+comes back to the thread, the threads wait for each other forever. Each thread of the cycle is
+made to raise :class:`DeadlockError` in its wait (tracked waits run in short slices, so the
+raise is prompt), and so is the thread running the test, wherever it waits: the main thread
+gets a signal whose handler raises (lock waits, joins, sleeps and socket calls are
+interruptible by signals on POSIX).
+
+The one watchdog thread also re-checks the graph on every tick (a safety net for races between
+threads blocking at the same moment), fails a test still running at its deadline with
+:class:`HangError` (every thread's stack and the wait-for state), and, as the last resort when
+the interrupted test does not stop within ``kill_grace`` seconds, writes the report to stderr,
+says that it kills the process, and exits it.
+
+Usable without pytest::
+
+    with DeadlockDetector() as detector:
+        detector.arm("my job", timeout=10.0)
+        ...  # a deadlock here raises DeadlockError in the waiting threads
+        detector.disarm()
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import monotonic
+from types import FrameType
+from typing import Any
+
+from .._threads import is_internal, mark_internal
+from . import locks
+from .locks import TrackedLock, TrackedRLock, Wait
+
+__all__ = [
+    "DeadlockDetector",
+    "DeadlockError",
+    "DeadlockReport",
+    "HangError",
+    "find_cycle",
+    "find_cycles",
+    "format_wait_state",
+]
+
+#: One step of a cycle: (waiting thread ident, its wait, ident of the thread it waits for).
+Step = tuple[int, Wait, int]
+
+
+@dataclass(frozen=True)
+class DeadlockReport:
+    """What a detector found.
+
+    Attributes:
+        kind: ``"cycle"`` (a wait-for cycle) or ``"timeout"`` (still running at the deadline).
+        text: the full report (cycle, lock sites, every thread's stack).
+        threads: names of the threads in the cycle (for a timeout: the test's thread).
+        label: what was running (the test's node id), if known.
+    """
+
+    kind: str
+    text: str
+    threads: tuple[str, ...]
+    label: str | None = None
+    idents: tuple[int, ...] = ()
+
+    def join_threads(self, timeout: float) -> None:
+        """Give the threads of the cycle (interrupted in their waits) up to ``timeout`` seconds
+        in all to finish, so that what they raise is reported with the test that owns them."""
+        deadline = monotonic() + timeout
+        me = threading.get_ident()
+        for thread in threading.enumerate():
+            if thread.ident in self.idents and thread.ident != me:
+                thread.join(max(0.0, deadline - monotonic()))
+
+
+class DeadlockError(BaseException):
+    """Raised in the threads of a wait-for cycle and in the thread running the test.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``), so that ``except Exception`` in the code
+    under test does not swallow it.
+    """
+
+    def __init__(self, report: DeadlockReport, message: str | None = None) -> None:
+        super().__init__(report.text if message is None else message)
+        self.report = report
+
+
+class HangError(BaseException):
+    """Raised in the thread running the test when it is still running at its deadline."""
+
+    def __init__(self, report: DeadlockReport) -> None:
+        super().__init__(report.text)
+        self.report = report
+
+
+def _waited_thread(wait: Wait) -> int | None:
+    """The ident of the thread ``wait`` waits for, if any thread can release it."""
+    target = wait.target
+    if isinstance(target, threading.Thread):
+        return target.ident if target.is_alive() else None
+    if isinstance(target, (TrackedLock, TrackedRLock)):
+        owner = target.owner
+        if owner is None or not target.locked():
+            return None
+        return owner
+    return None
+
+
+def find_cycle(start: int, waits: dict[int, Wait]) -> list[Step] | None:
+    """The wait-for cycle through thread ``start``, or ``None``.
+
+    Timed waits end by themselves and do not count. A thread waiting for a plain lock it holds
+    itself is not a deadlock: a plain lock may be released by another thread (the pattern
+    ``Condition.wait`` uses).
+    """
+    path: list[Step] = []
+    seen: set[int] = set()
+    node = start
+    while True:
+        wait = waits.get(node)
+        if wait is None or wait.timed:
+            return None
+        nxt = _waited_thread(wait)
+        if nxt is None:
+            return None
+        path.append((node, wait, nxt))
+        if nxt == start:
+            return path if len(path) > 1 else None
+        if nxt in seen or nxt == node:
+            return None
+        seen.add(node)
+        node = nxt
+
+
+def find_cycles(waits: dict[int, Wait]) -> list[list[Step]]:
+    """Every wait-for cycle in ``waits`` (each once)."""
+    cycles: list[list[Step]] = []
+    covered: set[int] = set()
+    for ident in waits:
+        if ident in covered:
+            continue
+        cycle = find_cycle(ident, waits)
+        if cycle is not None:
+            covered.update(step[0] for step in cycle)
+            cycles.append(cycle)
+    return cycles
+
+
+def _thread_names() -> dict[int, str]:
+    return {t.ident: t.name for t in threading.enumerate() if t.ident is not None}
+
+
+def _describe_wait(wait: Wait, names: dict[int, str]) -> list[str]:
+    lines = [
+        f"  thread {wait.thread.name!r} waits for {locks.describe_target(wait.target)}",
+        f"      waiting since {monotonic() - wait.since:.1f}s, called at {wait.site}",
+    ]
+    target = wait.target
+    if isinstance(target, (TrackedLock, TrackedRLock)):
+        owner = target.owner
+        if owner is not None:
+            holder = names.get(owner, f"<thread {owner}>")
+            lines.append(f"      held by thread {holder!r}, acquired at {target.acquired_at()}")
+    return lines
+
+
+def format_wait_state(waits: dict[int, Wait]) -> str:
+    """The wait-for state: who waits for what, held by whom, acquired where."""
+    if not waits:
+        return "  (no thread waits in a tracked lock or a join)\n"
+    names = _thread_names()
+    out: list[str] = []
+    for wait in waits.values():
+        out.extend(_describe_wait(wait, names))
+    return "\n".join(out) + "\n"
+
+
+def _format_stacks(idents: list[int] | None = None) -> str:
+    parts: list[str] = []
+    threads = threading.enumerate()
+    if idents is not None:
+        order = {ident: i for i, ident in enumerate(idents)}
+        threads = sorted(
+            (t for t in threads if t.ident in order), key=lambda t: order[t.ident or 0]
+        )
+    for thread in threads:
+        if thread is threading.current_thread() and idents is None:
+            continue
+        tag = " (pytest-netthreads internal)" if is_internal(thread) else ""
+        parts.append(f"--- thread {thread.name!r} (ident {thread.ident}){tag}:\n")
+        parts.append(format_stack(thread))
+    return "".join(parts)
+
+
+_DETECT_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def format_stack(thread: threading.Thread) -> str:
+    """A thread's current stack, without the detectors' own frames at its top."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    if frame is None:
+        return "    (no stack: the thread is not running)\n"
+    while frame is not None and frame.f_code.co_filename.startswith(_DETECT_DIR):
+        frame = frame.f_back
+    if frame is None:
+        return ""
+    summary = traceback.extract_stack(frame)
+    kept = [entry for entry in summary if not locks.RUNNER_FILE.search(entry.filename)]
+    hidden = len(summary) - len(kept)
+    note = f"    ({hidden} frames of pytest and pluggy not shown)\n" if hidden else ""
+    return note + "".join(traceback.format_list(kept))
+
+
+def format_cycle(cycle: list[Step], label: str | None) -> str:
+    """The report of a wait-for cycle."""
+    names = _thread_names()
+    head = f"Deadlock: a wait-for cycle of {len(cycle)} threads formed"
+    if label:
+        head += f" in {label}"
+    lines = [head + ":"]
+    for _, wait, _ in cycle:
+        lines.extend(_describe_wait(wait, names))
+    lines.append("Stacks of the threads in the cycle (most recent call last):")
+    return "\n".join(lines) + "\n" + _format_stacks([step[0] for step in cycle])
+
+
+class DeadlockDetector:
+    """Wait-for cycle detection at block time plus the session's one hang watchdog thread.
+
+    Args:
+        tick: how often the watchdog wakes up (deadline, cycle re-check).
+        kill_grace: seconds after an interrupt before the process is killed, as the last
+            resort, if the interrupted test is still running.
+        interrupt_signal: the signal sent to the main thread to interrupt a blocking call.
+        on_report: called (in whichever thread found it) with each report.
+        before_kill: called in the watchdog thread right before the last-resort kill writes
+            to file descriptor 2 (the plugin uses it to stop pytest's output capture).
+    """
+
+    def __init__(
+        self,
+        *,
+        tick: float = 0.1,
+        kill_grace: float = 5.0,
+        interrupt_signal: int = signal.SIGUSR1,
+        on_report: Callable[[DeadlockReport], None] | None = None,
+        before_kill: Callable[[], None] | None = None,
+    ) -> None:
+        if not isinstance(tick, (int, float)) or tick <= 0:
+            raise ValueError(f"tick must be a positive number of seconds, got {tick!r}")
+        if not isinstance(kill_grace, (int, float)) or kill_grace <= 0:
+            raise ValueError(f"kill_grace must be a positive number of seconds, got {kill_grace!r}")
+        self._tick = float(tick)
+        self._kill_grace = float(kill_grace)
+        self._signal = interrupt_signal
+        self._on_report = on_report
+        self._before_kill = before_kill
+        self._state_lock = locks._allocate()
+        self._wake = locks._allocate()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._prev_handler: Any = None
+        self._signal_installed = False
+        self._prev_on_block: Callable[[int], None] | None = None
+        self._main_ident = threading.main_thread().ident
+        # the current arm
+        self._generation = 0
+        self._label: str | None = None
+        self._test_ident: int | None = None
+        self._deadline: float | None = None
+        self._timeout: float | None = None
+        self._interrupted_at: float | None = None
+        self._reported: set[frozenset[int]] = set()
+        self._reports: list[DeadlockReport] = []
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> DeadlockDetector:
+        if self._thread is not None:
+            raise RuntimeError("the deadlock detector was already started")
+        locks.install(deadlock=True)
+        self._prev_on_block = locks.on_block  # a nested detector hands the graph back
+        locks.on_block = self._on_block
+        if threading.current_thread() is threading.main_thread() and hasattr(
+            signal, "pthread_kill"
+        ):
+            self._prev_handler = signal.signal(self._signal, self._handle_signal)
+            self._signal_installed = True
+        self._wake.acquire()
+        thread = threading.Thread(target=self._run, name="netthreads-watchdog", daemon=True)
+        mark_internal(thread)
+        self._thread = thread
+        thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._stopping = True
+        self._wake.release()
+        thread.join(timeout)
+        self._thread = None
+        if locks.on_block == self._on_block:
+            locks.on_block = self._prev_on_block
+        locks.uninstall(deadlock=True)
+        if self._signal_installed:
+            prev = self._prev_handler
+            signal.signal(self._signal, signal.SIG_DFL if prev is None else prev)
+            self._prev_handler = None
+            self._signal_installed = False
+
+    def __enter__(self) -> DeadlockDetector:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- per test ---------------------------------------------------------------------
+
+    def arm(self, label: str | None, timeout: float | None, ident: int | None = None) -> None:
+        """Watch the work ``label`` running in thread ``ident`` (default: the caller).
+
+        Args:
+            label: a name for the reports (a test's node id).
+            timeout: fail it with :class:`HangError` if still running after this many
+                seconds; ``None`` or ``0`` for no deadline (cycles are still detected).
+            ident: the thread to interrupt.
+        """
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        with self._state_lock:
+            self._generation += 1
+            self._label = label
+            self._test_ident = threading.get_ident() if ident is None else ident
+            self._timeout = timeout or None
+            self._deadline = monotonic() + timeout if timeout else None
+            self._interrupted_at = None
+            self._reported = set()
+
+    def disarm(self) -> None:
+        with self._state_lock:
+            ident = self._test_ident
+            self._generation += 1
+            self._label = None
+            self._test_ident = None
+            self._deadline = None
+            self._interrupted_at = None
+        if ident is not None:
+            locks.cancel_abort(ident)
+
+    def take_reports(self) -> list[DeadlockReport]:
+        """The reports since the last call (oldest first)."""
+        with self._state_lock:
+            reports, self._reports = self._reports, []
+        return reports
+
+    # -- detection --------------------------------------------------------------------
+
+    def _on_block(self, ident: int) -> None:
+        cycle = find_cycle(ident, locks.waits())
+        if cycle is not None:
+            self._found_cycle(cycle)
+
+    def _found_cycle(self, cycle: list[Step]) -> None:
+        key = frozenset(step[0] for step in cycle)
+        with self._state_lock:
+            if key in self._reported:
+                return
+            self._reported.add(key)
+            label = self._label
+            test_ident = self._test_ident
+        report = DeadlockReport(
+            "cycle",
+            format_cycle(cycle, label),
+            tuple(step[1].thread.name for step in cycle),
+            label,
+            tuple(step[0] for step in cycle),
+        )
+        self._publish(report)
+        names = ", ".join(repr(name) for name in report.threads)
+        for ident in key:
+            if ident != test_ident:
+                # Short: the full report goes to the test (and to on_report).
+                locks.request_abort(
+                    ident,
+                    DeadlockError(
+                        report, f"aborted: this thread was in a wait-for cycle with {names}"
+                    ),
+                )
+        if test_ident is not None:
+            self._interrupt(test_ident, DeadlockError(report))
+
+    def _publish(self, report: DeadlockReport) -> None:
+        with self._state_lock:
+            self._reports.append(report)
+            if self._test_ident is not None and self._interrupted_at is None:
+                self._interrupted_at = monotonic()
+        if self._on_report is not None:
+            self._on_report(report)
+
+    def _interrupt(self, ident: int, exc: BaseException) -> None:
+        locks.request_abort(ident, exc, sticky=True)
+        self._signal_if_needed(ident)
+
+    def _signal_if_needed(self, ident: int) -> None:
+        # A thread in a tracked wait or join sees the abort request within WAIT_SLICE. Other
+        # blocking calls of the main thread need the signal. Never signal a thread inside a
+        # tracked join: CPython <= 3.12 marks the joined thread stopped when an exception
+        # interrupts Thread.join (the bpo-45274 clean-up releases the lock the live thread
+        # holds).
+        if (
+            ident == self._main_ident
+            and self._signal_installed
+            and ident not in locks._waits
+            and ident in locks._aborts
+        ):
+            signal.pthread_kill(ident, self._signal)
+
+    def _handle_signal(self, signum: int, frame: FrameType | None) -> None:
+        exc = locks.cancel_abort(threading.get_ident())
+        if exc is not None:
+            raise exc
+        prev = self._prev_handler
+        if callable(prev):
+            prev(signum, frame)
+
+    # -- the watchdog thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping:
+            if self._wake.acquire(True, self._tick):
+                return  # stop() released it
+            self._check_deadline()
+            waits = locks.waits()
+            if len(waits) > 1:
+                for cycle in find_cycles(waits):
+                    self._found_cycle(cycle)
+
+    def _check_deadline(self) -> None:
+        now = monotonic()
+        with self._state_lock:
+            generation = self._generation
+            deadline = self._deadline
+            interrupted = self._interrupted_at
+            test_ident = self._test_ident
+            label = self._label
+            timeout = self._timeout
+        if test_ident is None:
+            return
+        if interrupted is not None:
+            if now - interrupted >= self._kill_grace:
+                self._kill(label, generation)
+            else:
+                # The request may have raced with the thread leaving a tracked wait.
+                self._signal_if_needed(test_ident)
+            return
+        if deadline is None or now < deadline:
+            return
+        text = (
+            f"Hang: {label or 'the test'} still running after {timeout:g}s "
+            "(--deadlock-timeout); no wait-for cycle among tracked locks and joins.\n"
+            "Wait-for state:\n" + format_wait_state(locks.waits()) + "Stacks of every thread "
+            "(most recent call last):\n" + _format_stacks()
+        )
+        names = _thread_names()
+        report = DeadlockReport("timeout", text, (names.get(test_ident, str(test_ident)),), label)
+        with self._state_lock:
+            if generation != self._generation:
+                return
+        self._publish(report)
+        self._interrupt(test_ident, HangError(report))
+
+    def _kill(self, label: str | None, generation: int) -> None:
+        with self._state_lock:
+            if generation != self._generation:
+                return
+        message = (
+            f"\npytest-netthreads: {label or 'the test'} did not stop within "
+            f"{self._kill_grace:g}s after it was interrupted; killing process {os.getpid()} "
+            "as the last resort. Stacks of every thread:\n" + _format_stacks()
+        )
+        try:
+            if self._before_kill is not None:
+                self._before_kill()
+            sys.stderr.flush()
+            os.write(2, message.encode("utf-8", "replace"))
+        finally:
+            os._exit(70)

@@ -1,0 +1,178 @@
+"""The lock-order graph: potential deadlocks, even in runs that did not deadlock.
+
+Locks are grouped in classes by where they were created (:class:`~.locks.LockClass`). When a
+thread acquires a lock of class B (blocking, without a timeout) while it holds one of class A,
+the graph gets the edge A -> B, remembered with the thread and the ``file:line`` of both
+acquisitions. A cycle (A -> B and B -> A, or longer) means two threads can each hold one lock
+and wait for the other: a deadlock waiting to happen, the idea behind Linux lockdep and
+ThreadSanitizer.
+
+Not reported: RLock re-entry (not an acquisition), non-blocking and timed acquires (they cannot
+wait forever), consistent orders, and two locks of the same class (nested locks created at one
+line, e.g. per-object locks taken in a fixed order, cannot be told apart by creation site).
+
+Usable without pytest::
+
+    with LockOrderChecker() as checker:
+        run_the_code()
+    for report in checker.take_reports():
+        print(report.text)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from . import locks
+from .locks import LockClass, Site
+
+__all__ = ["LockOrderChecker", "LockOrderEdge", "LockOrderReport"]
+
+
+@dataclass(frozen=True)
+class LockOrderEdge:
+    """``second`` was acquired while ``first`` was held.
+
+    Attributes:
+        first: the class of the lock already held.
+        second: the class of the lock acquired then.
+        thread: the name of the thread that did it.
+        first_acquired: where the held lock had been acquired.
+        second_acquired: where the second lock was acquired.
+        stack: the formatted stack at the second acquisition (innermost frames).
+    """
+
+    first: LockClass
+    second: LockClass
+    thread: str
+    first_acquired: Site | None
+    second_acquired: Site
+    stack: tuple[str, ...]
+
+    def format(self) -> str:
+        return (
+            f"  thread {self.thread!r} acquired\n"
+            f"    {self.second.describe()}\n"
+            f"      at {self.second_acquired}\n"
+            f"    while holding {self.first.describe()}\n"
+            f"      acquired at {self.first_acquired}\n"
+            "    stack at the second acquisition:\n"
+            + "".join("    " + line.replace("\n", "\n    ").rstrip(" ") for line in self.stack)
+        )
+
+
+@dataclass(frozen=True)
+class LockOrderReport:
+    """A cycle in the lock-order graph.
+
+    Attributes:
+        edges: the cycle's edges, each the first time it was seen.
+        text: the full report.
+    """
+
+    edges: tuple[LockOrderEdge, ...]
+    text: str
+
+
+def _find_path(start: LockClass, goal: LockClass) -> list[LockOrderEdge] | None:
+    """Edges leading from ``start`` to ``goal`` in the graph (depth first), or ``None``."""
+    stack: list[tuple[LockClass, list[LockOrderEdge]]] = [(start, [])]
+    seen = {start}
+    while stack:
+        node, path = stack.pop()
+        for nxt, edge in list(node.after.items()):
+            if nxt is goal:
+                return [*path, edge]
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, [*path, edge]))
+    return None
+
+
+def format_report(edges: list[LockOrderEdge]) -> str:
+    names = " -> ".join(f"{e.first.site.filename}:{e.first.site.lineno}" for e in edges)
+    lines = [
+        f"Lock-order inversion (potential deadlock) between {len(edges)} lock classes: "
+        f"{names} -> back to the first.",
+        "Each order was seen as follows; threads taking them at the same time can deadlock:",
+    ]
+    for i, edge in enumerate(edges, 1):
+        lines.append(f"order {i}:")
+        lines.append(edge.format())
+    return "\n".join(lines) + "\n"
+
+
+class LockOrderChecker:
+    """Records lock-order edges while active and reports every cycle once.
+
+    Args:
+        on_report: called (in the thread that closed the cycle) with each report.
+    """
+
+    def __init__(self, *, on_report: Callable[[LockOrderReport], None] | None = None) -> None:
+        self._on_report = on_report
+        self._lock = locks._allocate()
+        self._reports: list[LockOrderReport] = []
+        self._reported: set[frozenset[LockClass]] = set()
+        self._started = False
+        self._prev_on_new_edge: Callable[[Any, Any, FrameType], None] | None = None
+
+    def start(self) -> LockOrderChecker:
+        if self._started:
+            raise RuntimeError("the lock-order checker was already started")
+        self._started = True
+        locks.install(deadlock=False, lock_order=True)
+        self._prev_on_new_edge = locks.on_new_edge  # a nested checker hands the graph back
+        locks.on_new_edge = self._on_new_edge
+        return self
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        if locks.on_new_edge == self._on_new_edge:
+            locks.on_new_edge = self._prev_on_new_edge
+        locks.uninstall(deadlock=False, lock_order=True)
+
+    def __enter__(self) -> LockOrderChecker:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def take_reports(self) -> list[LockOrderReport]:
+        """The reports since the last call (oldest first)."""
+        with self._lock:
+            reports, self._reports = self._reports, []
+        return reports
+
+    def _on_new_edge(self, held: Any, lock: Any, frame: FrameType) -> None:
+        first: LockClass = held.lock_class
+        second: LockClass = lock.lock_class
+        report = None
+        with self._lock:
+            if second in first.after:
+                return
+            edge = LockOrderEdge(
+                first,
+                second,
+                threading.current_thread().name,
+                held.acquired_at(),
+                Site.of_frame(frame),
+                tuple(locks.short_stack(frame, limit=6)),
+            )
+            first.after[second] = edge
+            back = _find_path(second, first)
+            if back is not None:
+                cycle = [edge, *back]
+                key = frozenset(e.first for e in cycle)
+                if key not in self._reported:
+                    self._reported.add(key)
+                    report = LockOrderReport(tuple(cycle), format_report(cycle))
+                    self._reports.append(report)
+        if report is not None and self._on_report is not None:
+            self._on_report(report)

@@ -1,0 +1,792 @@
+"""Tracked ``Lock``/``RLock`` and the process-wide tracking state.
+
+While tracking is installed (:func:`install`), ``threading.Lock`` and ``threading.RLock``
+return tracked wrappers, and ``threading.Thread.join`` records that the caller waits for the
+thread. ``Condition``, ``Semaphore``, ``Event``, ``Barrier`` and ``queue.Queue`` allocate their
+locks through those ``threading`` module globals, so they are tracked too.
+
+Each tracked lock knows its *class*: where it was created (the first frame outside the
+standard library, plus the standard-library entry point it came through, e.g.
+``queue.Queue.__init__``). Each thread's current wait is recorded (what it waits for, from
+where); each lock's owner and where the owner acquired it.
+
+What cannot be seen:
+
+* locks created before tracking was installed (module-level locks of modules imported
+  earlier), and locks bound with ``from threading import Lock`` before that;
+* C-level locks (``_thread.allocate_lock``, which ``Condition.wait`` uses for its one-shot
+  waiter locks on purpose, the interpreter's own, C extensions');
+* locks created by the kit itself, pytest, pluggy, execnet and xdist: they are plain locks.
+
+The uncontended path costs a ``get_ident()``, a frame look-up and a few attribute stores; a
+thread that has to wait does so in slices (:data:`WAIT_SLICE`), so that a detector can break a
+deadlock by raising in the waiting thread (:func:`request_abort`).
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import re
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from time import monotonic
+from types import CodeType, FrameType
+from typing import Any
+
+__all__ = [
+    "WAIT_SLICE",
+    "LockClass",
+    "Site",
+    "TrackedLock",
+    "TrackedRLock",
+    "Wait",
+    "held_locks",
+    "install",
+    "installed",
+    "request_abort",
+    "tracking",
+    "uninstall",
+    "waits",
+]
+
+#: How long a blocked tracked acquire or join waits before it looks for an abort request.
+WAIT_SLICE = 0.05
+
+_allocate = _thread.allocate_lock
+_get_ident = _thread.get_ident
+_getframe = sys._getframe
+_ORIG_LOCK = threading.Lock
+_ORIG_RLOCK = threading.RLock
+_ORIG_JOIN = threading.Thread.join
+
+_STDLIB_DIR = os.path.dirname(threading.__file__) + os.sep
+# Code that creates these locks is ours or the test runner's: they stay plain locks.
+_UNTRACKED_PREFIXES = ("pytest_netthreads", "_pytest", "pytest", "pluggy", "execnet", "xdist")
+
+
+def _library_codes() -> set[CodeType]:
+    """The code objects of the stdlib modules whose lock calls are never the interesting site."""
+    import concurrent.futures._base
+    import concurrent.futures.thread
+    import logging
+    import queue
+
+    codes: set[CodeType] = set()
+
+    def add(code: CodeType) -> None:
+        if code not in codes:
+            codes.add(code)
+            for const in code.co_consts:
+                if isinstance(const, CodeType):
+                    add(const)
+
+    def visit(obj: object) -> None:
+        func = getattr(obj, "__func__", obj)
+        if isinstance(obj, property):
+            func = obj.fget
+        code = getattr(func, "__code__", None)
+        if isinstance(code, CodeType):
+            add(code)
+
+    for module in (threading, queue, logging, concurrent.futures._base, concurrent.futures.thread):
+        for value in vars(module).values():
+            if isinstance(value, type) and value.__module__ == module.__name__:
+                for attr in vars(value).values():
+                    visit(attr)
+            else:
+                visit(value)
+    return codes
+
+
+def _is_stdlib(filename: str) -> bool:
+    return (
+        filename.startswith(_STDLIB_DIR)
+        and "site-packages" not in filename
+        and "dist-packages" not in filename
+    ) or filename.startswith("<frozen ")
+
+
+def _line_of(code: CodeType, lasti: int) -> int:
+    for start, end, line in code.co_lines():
+        if start <= lasti < end and line is not None:
+            return line
+    return code.co_firstlineno
+
+
+_LIB_CODES = _library_codes()
+# A cheap first test for the hot path (a code object's hash is not cached; a str's is).
+_LIB_FILES = frozenset(code.co_filename for code in _LIB_CODES)
+_COND_RESTORE_CODE = threading.Condition.__dict__["_acquire_restore"].__code__
+
+
+def _user_frame(frame: FrameType) -> FrameType:
+    """The first frame outside the stdlib synchronisation modules, from ``frame`` outwards."""
+    f: FrameType | None = frame
+    while f is not None and f.f_code in _LIB_CODES:
+        f = f.f_back
+    return frame if f is None else f
+
+
+@dataclass(frozen=True)
+class Site:
+    """A place in the code: ``file:line in function``."""
+
+    filename: str
+    lineno: int
+    function: str
+
+    @classmethod
+    def of(cls, code: CodeType, lasti: int) -> Site:
+        return cls(code.co_filename, _line_of(code, lasti), code.co_name)
+
+    @classmethod
+    def of_frame(cls, frame: FrameType) -> Site:
+        return cls(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.lineno} in {self.function}"
+
+
+class LockClass:
+    """Every lock created at one place (lockdep's "lock class").
+
+    Attributes:
+        site: where the locks were created (the first frame outside the standard library).
+        via: the standard-library entry point they were created through
+            (``"queue.py:...: Queue.__init__"``), or ``None`` for a direct ``Lock()``.
+        kind: ``"Lock"`` or ``"RLock"``.
+        after: lock-order edges from this class (filled by the lock-order check).
+    """
+
+    __slots__ = ("after", "kind", "site", "via")
+
+    def __init__(self, site: Site, via: Site | None, kind: str) -> None:
+        self.site = site
+        self.via = via
+        self.kind = kind
+        self.after: dict[LockClass, Any] = {}
+
+    def describe(self) -> str:
+        text = f"{self.kind} created at {self.site}"
+        via = self.via
+        if via is not None:
+            text += f" (through {via.function}, {via.filename}:{via.lineno})"
+        return text
+
+    def __repr__(self) -> str:
+        return f"<LockClass {self.describe()}>"
+
+
+_classes: dict[tuple[str, int, str, int, str], LockClass] = {}
+_classes_lock = _allocate()
+
+
+def _class_for_creator(kind: str) -> LockClass | None:
+    """The class of a lock being created by the caller of the caller of our factory."""
+    frame: FrameType | None = _getframe(2)
+    via: FrameType | None = None
+    while frame is not None and _is_stdlib(frame.f_code.co_filename):
+        via = frame
+        frame = frame.f_back
+    if frame is None:
+        return None
+    module = frame.f_globals.get("__name__")
+    if isinstance(module, str) and module.split(".", 1)[0] in _UNTRACKED_PREFIXES:
+        return None
+    code = frame.f_code
+    line = frame.f_lineno
+    vfile, vline = (via.f_code.co_filename, via.f_lineno) if via is not None else ("", 0)
+    key = (code.co_filename, line, vfile, vline, kind)
+    cls = _classes.get(key)
+    if cls is None:
+        with _classes_lock:
+            cls = _classes.get(key)
+            if cls is None:
+                vsite = None
+                if via is not None:
+                    vname = getattr(via.f_code, "co_qualname", via.f_code.co_name)
+                    vsite = Site(vfile, vline, vname)
+                cls = _classes[key] = LockClass(
+                    Site(code.co_filename, line, code.co_name), vsite, kind
+                )
+    return cls
+
+
+# -- the tracking state ------------------------------------------------------------------
+
+
+@dataclass
+class Wait:
+    """A thread blocked in a tracked acquire or in ``Thread.join``.
+
+    Attributes:
+        thread: the waiting thread.
+        target: the :class:`TrackedLock`/:class:`TrackedRLock` or the ``Thread`` waited for.
+        timed: whether the wait has a timeout (a timed wait ends by itself: never a deadlock).
+        site: where the wait was called from.
+        since: ``time.monotonic()`` when it began.
+    """
+
+    thread: threading.Thread
+    target: Any
+    timed: bool
+    site: Site
+    since: float = field(default_factory=monotonic)
+
+
+_order = False  # lock-order bookkeeping (held stacks, edges) is on
+_depth = 0
+_install_lock = _allocate()
+_graph_lock = _allocate()  # guards _waits; taken only on the slow (contended) path
+_waits: dict[int, Wait] = {}
+_aborts: dict[int, BaseException] = {}
+_sticky: set[int] = set()
+_held: dict[int, list[Any]] = {}
+#: Called (thread ident) after a thread registered a blocking wait, before it blocks.
+on_block: Callable[[int], None] | None = None
+#: Called (held lock, new lock, frame of the acquire) when a new lock-order edge appears.
+on_new_edge: Callable[[Any, Any, FrameType], None] | None = None
+_order_users = 0
+_deadlock_users = 0
+
+
+def waits() -> dict[int, Wait]:
+    """A snapshot of the current waits, by thread ident."""
+    with _graph_lock:
+        return dict(_waits)
+
+
+def held_locks(ident: int) -> list[Any]:
+    """The tracked locks the thread holds, oldest first (only kept by the lock-order check)."""
+    return list(_held.get(ident, ()))
+
+
+def request_abort(ident: int, exc: BaseException, *, sticky: bool = False) -> None:
+    """Make the thread's current tracked wait raise ``exc``.
+
+    Args:
+        ident: the thread.
+        exc: what to raise.
+        sticky: keep the request until delivered (by a later wait, or by whoever calls
+            :func:`cancel_abort`) even if the current wait ends without seeing it.
+    """
+    _aborts[ident] = exc
+    if sticky:
+        _sticky.add(ident)
+    else:
+        _sticky.discard(ident)
+
+
+def cancel_abort(ident: int) -> BaseException | None:
+    """Withdraw an abort request that was not delivered yet; returns it."""
+    _sticky.discard(ident)
+    return _aborts.pop(ident, None)
+
+
+def _check_abort(ident: int) -> None:
+    exc = _aborts.pop(ident, None)
+    if exc is not None:
+        _sticky.discard(ident)
+        raise exc
+
+
+def _drop_abort(ident: int) -> None:
+    # An abort is for the current wait only (unless sticky): never let it hit a later one.
+    if ident not in _sticky:
+        _aborts.pop(ident, None)
+
+
+def _push_held(lock: Any, ident: int, frame: FrameType, ordered: bool) -> None:
+    stack = _held.get(ident)
+    if stack is None:
+        stack = _held[ident] = []
+    elif ordered:
+        cls = lock._class
+        for held in stack:
+            hcls = held._class
+            if hcls is not cls and cls not in hcls.after and on_new_edge is not None:
+                on_new_edge(held, lock, frame)
+    stack.append(lock)
+
+
+def _new_edge(held: Any, lock: Any, frame: FrameType) -> None:
+    hook = on_new_edge
+    if hook is not None:
+        hook(held, lock, frame)
+
+
+def _check_order(lock: Any, ident: int, frame: FrameType) -> None:
+    stack = _held.get(ident)
+    if stack:
+        cls = lock._class
+        for held in stack:
+            hcls = held._class
+            if hcls is not cls and cls not in hcls.after and on_new_edge is not None:
+                on_new_edge(held, lock, frame)
+
+
+def _pop_held(lock: Any, ident: int) -> None:
+    stack = _held.get(ident)
+    if stack:
+        if stack[-1] is lock:
+            stack.pop()
+        else:
+            try:
+                stack.remove(lock)
+            except ValueError:
+                pass
+
+
+def _validate(blocking: bool, timeout: float) -> None:
+    if not blocking:
+        raise ValueError("can't specify a timeout for a non-blocking call")
+    if timeout < 0:
+        raise ValueError("timeout value must be a non-negative number (or -1 for no timeout)")
+
+
+def _wait_for(lock: Any, timeout: float, frame: FrameType, abortable: bool = True) -> bool:
+    """Block until ``lock._inner`` is acquired (True) or ``timeout`` passed (False)."""
+    me = _get_ident()
+    timed = timeout != -1
+    deadline = monotonic() + timeout if timed else 0.0
+    wait = Wait(threading.current_thread(), lock, timed, Site.of_frame(frame))
+    inner = lock._inner
+    got = False
+    if _order and not timed:
+        # Record the order before blocking: a deadlocked acquire never completes.
+        _check_order(lock, me, frame)
+    with _graph_lock:
+        _waits[me] = wait
+    try:
+        hook = on_block
+        if hook is not None and not timed:
+            hook(me)
+        while True:
+            if abortable:
+                _check_abort(me)
+            if timed:
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    got = bool(inner.acquire(False))
+                    return got
+                got = inner.acquire(True, min(remaining, WAIT_SLICE))
+            else:
+                got = inner.acquire(True, WAIT_SLICE)
+            if got:
+                return True
+    except BaseException:
+        if got:
+            inner.release()
+        raise
+    finally:
+        with _graph_lock:
+            if _waits.get(me) is wait:
+                del _waits[me]
+        _drop_abort(me)
+
+
+class TrackedLock:
+    """A ``threading.Lock`` that knows its class, its owner and where it was acquired.
+
+    Like a plain lock it may be released by a thread that does not hold it.
+    """
+
+    __slots__ = ("__weakref__", "_after", "_class", "_code", "_inner", "_lasti", "_owner")
+
+    def __init__(self, lock_class: LockClass) -> None:
+        self._inner = _allocate()
+        self._class = lock_class
+        self._after = lock_class.after  # the class's edges, one attribute load closer
+        self._owner: int | None = None
+        self._code: CodeType | None = None
+        self._lasti = 0
+
+    @property
+    def lock_class(self) -> LockClass:
+        return self._class
+
+    @property
+    def owner(self) -> int | None:
+        """The ident of the thread that acquired the lock, or ``None``."""
+        return self._owner
+
+    def acquired_at(self) -> Site | None:
+        """Where the current owner acquired the lock."""
+        code = self._code
+        return None if code is None or self._owner is None else Site.of(code, self._lasti)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if timeout != -1:
+            _validate(blocking, timeout)
+        if self._inner.acquire(False):
+            me = self._owner = _get_ident()
+            f = _getframe(1)
+            if f.f_code.co_filename in _LIB_FILES:
+                f = _user_frame(f)
+            self._code = f.f_code
+            self._lasti = f.f_lasti
+            if _order:
+                _push_held(self, me, f, blocking and timeout == -1)
+            return True
+        if not blocking:
+            return False
+        raw = _getframe(1)
+        # Condition._acquire_restore on a plain lock must not be aborted: Condition.wait's
+        # caller would then release a lock it does not hold (another thread's).
+        f = _user_frame(raw)
+        if not _wait_for(self, timeout, f, raw.f_code is not _COND_RESTORE_CODE):
+            return False
+        me = self._owner = _get_ident()
+        self._code = f.f_code
+        self._lasti = f.f_lasti
+        if _order:
+            _push_held(self, me, f, timeout == -1)
+        return True
+
+    def __enter__(self) -> bool:
+        # The hot path: _push_held inlined.
+        if self._inner.acquire(False):
+            me = self._owner = _get_ident()
+            f = _getframe(1)
+            code = f.f_code
+            if code.co_filename in _LIB_FILES:
+                f = _user_frame(f)
+                code = f.f_code
+            self._code = code
+            self._lasti = f.f_lasti
+            if _order:
+                stack = _held.get(me)
+                if stack:
+                    cls = self._class
+                    for held in stack:
+                        if cls not in held._after and held._class is not cls:
+                            _new_edge(held, self, f)
+                    stack.append(self)
+                elif stack is None:
+                    _held[me] = [self]
+                else:
+                    stack.append(self)
+            return True
+        f = _user_frame(_getframe(1))
+        _wait_for(self, -1, f)
+        me = self._owner = _get_ident()
+        self._code = f.f_code
+        self._lasti = f.f_lasti
+        if _order:
+            _push_held(self, me, f, True)
+        return True
+
+    def release(self) -> None:
+        owner = self._owner
+        if owner is not None:
+            self._owner = None
+            if _order:
+                _pop_held(self, owner)
+        self._inner.release()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        owner = self._owner
+        if owner is not None:
+            self._owner = None
+            if _order:
+                stack = _held.get(owner)
+                if stack and stack[-1] is self:
+                    stack.pop()
+                else:
+                    _pop_held(self, owner)
+        self._inner.release()
+
+    def locked(self) -> bool:
+        return self._inner.locked()
+
+    def _at_fork_reinit(self) -> None:
+        self._inner = _allocate()
+        self._owner = None
+
+    def __repr__(self) -> str:
+        state = "locked" if self._inner.locked() else "unlocked"
+        return f"<tracked {state} Lock ({self._class.describe()}) at {id(self):#x}>"
+
+
+class TrackedRLock:
+    """A ``threading.RLock`` that knows its class, its owner and where it was acquired.
+
+    Re-entry only counts; it is not a new acquisition.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_after",
+        "_class",
+        "_code",
+        "_count",
+        "_inner",
+        "_lasti",
+        "_owner",
+    )
+
+    def __init__(self, lock_class: LockClass) -> None:
+        self._inner = _allocate()
+        self._class = lock_class
+        self._after = lock_class.after  # the class's edges, one attribute load closer
+        self._owner: int | None = None
+        self._count = 0
+        self._code: CodeType | None = None
+        self._lasti = 0
+
+    @property
+    def lock_class(self) -> LockClass:
+        return self._class
+
+    @property
+    def owner(self) -> int | None:
+        return self._owner
+
+    def acquired_at(self) -> Site | None:
+        code = self._code
+        return None if code is None or self._owner is None else Site.of(code, self._lasti)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        me = _get_ident()
+        if self._owner == me:
+            self._count += 1
+            return True
+        if timeout != -1:
+            _validate(blocking, timeout)
+        if self._inner.acquire(False):
+            self._owner = me
+            self._count = 1
+            f = _getframe(1)
+            if f.f_code.co_filename in _LIB_FILES:
+                f = _user_frame(f)
+            self._code = f.f_code
+            self._lasti = f.f_lasti
+            if _order:
+                _push_held(self, me, f, blocking and timeout == -1)
+            return True
+        if not blocking:
+            return False
+        f = _user_frame(_getframe(1))
+        if not _wait_for(self, timeout, f):
+            return False
+        self._owner = me
+        self._count = 1
+        self._code = f.f_code
+        self._lasti = f.f_lasti
+        if _order:
+            _push_held(self, me, f, timeout == -1)
+        return True
+
+    def __enter__(self) -> bool:
+        me = _get_ident()
+        if self._owner == me:
+            self._count += 1
+            return True
+        f = _getframe(1)
+        if f.f_code.co_filename in _LIB_FILES:
+            f = _user_frame(f)
+        if not self._inner.acquire(False):
+            _wait_for(self, -1, f)
+        self._owner = me
+        self._count = 1
+        self._code = f.f_code
+        self._lasti = f.f_lasti
+        if _order:
+            _push_held(self, me, f, True)
+        return True
+
+    def release(self) -> None:
+        if self._owner != _get_ident():
+            raise RuntimeError("cannot release un-acquired lock")
+        count = self._count - 1
+        if count:
+            self._count = count
+            return
+        self._count = 0
+        owner = self._owner
+        self._owner = None
+        if _order:
+            _pop_held(self, owner)
+        self._inner.release()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.release()
+
+    def locked(self) -> bool:
+        return self._inner.locked()
+
+    # The private protocol threading.Condition uses when its lock provides it.
+    def _is_owned(self) -> bool:
+        return self._owner == _get_ident()
+
+    def _recursion_count(self) -> int:
+        return self._count if self._owner == _get_ident() else 0
+
+    def _release_save(self) -> tuple[int, int]:
+        me = _get_ident()
+        if self._owner != me:
+            raise RuntimeError("cannot release un-acquired lock")
+        state = (self._count, me)
+        self._count = 0
+        self._owner = None
+        if _order:
+            _pop_held(self, me)
+        self._inner.release()
+        return state
+
+    def _acquire_restore(self, state: tuple[int, int]) -> None:
+        f = _user_frame(_getframe(1))
+        if not self._inner.acquire(False):
+            # Not abortable: Condition.wait's caller would then release a lock it lacks.
+            _wait_for(self, -1, f, abortable=False)
+        self._count, self._owner = state
+        self._code = f.f_code
+        self._lasti = f.f_lasti
+        if _order:
+            _push_held(self, state[1], f, True)
+
+    def _at_fork_reinit(self) -> None:
+        self._inner = _allocate()
+        self._owner = None
+        self._count = 0
+
+    def __repr__(self) -> str:
+        owner = self._owner
+        state = f"owner={owner} count={self._count}" if owner is not None else "unlocked"
+        return f"<tracked RLock {state} ({self._class.describe()}) at {id(self):#x}>"
+
+
+AnyLock = TrackedLock | TrackedRLock
+
+
+def _make_lock() -> Any:
+    cls = _class_for_creator("Lock")
+    if cls is None:
+        return _allocate()
+    return TrackedLock(cls)
+
+
+def _make_rlock(*args: Any, **kwargs: Any) -> Any:
+    cls = _class_for_creator("RLock")
+    if cls is None or args or kwargs:
+        return _ORIG_RLOCK(*args, **kwargs)
+    return TrackedRLock(cls)
+
+
+def _tracked_join(self: threading.Thread, timeout: float | None = None) -> None:
+    # Let the original do the argument and state checks (and the common quick cases).
+    if timeout is not None and timeout <= WAIT_SLICE:
+        _ORIG_JOIN(self, timeout)
+        return
+    _ORIG_JOIN(self, 0)
+    if not self.is_alive():
+        return
+    me = _get_ident()
+    frame = _user_frame(_getframe(1))
+    timed = timeout is not None
+    deadline = monotonic() + timeout if timeout is not None else 0.0
+    wait = Wait(threading.current_thread(), self, timed, Site.of_frame(frame))
+    with _graph_lock:
+        _waits[me] = wait
+    try:
+        hook = on_block
+        if hook is not None and not timed:
+            hook(me)
+        while self.is_alive():
+            _check_abort(me)
+            if timed:
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    return
+                _ORIG_JOIN(self, min(remaining, WAIT_SLICE))
+            else:
+                _ORIG_JOIN(self, WAIT_SLICE)
+        _check_abort(me)  # the thread may have ended because of the abort that is for us
+    finally:
+        with _graph_lock:
+            if _waits.get(me) is wait:
+                del _waits[me]
+        _drop_abort(me)
+
+
+def install(*, deadlock: bool = True, lock_order: bool = False) -> None:
+    """Start tracking (nestable: each call needs one :func:`uninstall` with the same flags).
+
+    Args:
+        deadlock: wait-for bookkeeping is wanted (owners, waits, ``Thread.join``).
+        lock_order: lock-order bookkeeping is wanted too (each thread's held locks).
+    """
+    global _depth, _order, _order_users, _deadlock_users
+    with _install_lock:
+        if _depth == 0:
+            threading.Lock = _make_lock  # type: ignore[assignment]
+            threading.RLock = _make_rlock  # type: ignore[assignment]
+            threading.Thread.join = _tracked_join  # type: ignore[method-assign]
+        _depth += 1
+        if lock_order:
+            _order_users += 1
+            _order = True
+        if deadlock:
+            _deadlock_users += 1
+
+
+def uninstall(*, deadlock: bool = True, lock_order: bool = False) -> None:
+    """Undo one :func:`install`; the last one restores ``threading``."""
+    global _depth, _order, _order_users, _deadlock_users
+    with _install_lock:
+        if _depth == 0:
+            raise RuntimeError("lock tracking is not installed")
+        if lock_order:
+            _order_users -= 1
+            if _order_users == 0:
+                _order = False
+                _held.clear()
+                for lock_class in _classes.values():
+                    lock_class.after.clear()
+        if deadlock:
+            _deadlock_users -= 1
+        _depth -= 1
+        if _depth == 0:
+            threading.Lock = _ORIG_LOCK
+            threading.RLock = _ORIG_RLOCK
+            threading.Thread.join = _ORIG_JOIN  # type: ignore[method-assign]
+
+
+def installed() -> bool:
+    """Whether lock tracking is installed."""
+    return _depth > 0
+
+
+@contextmanager
+def tracking(*, deadlock: bool = True, lock_order: bool = False) -> Iterator[None]:
+    """``with tracking(): ...`` installs lock tracking for the block."""
+    install(deadlock=deadlock, lock_order=lock_order)
+    try:
+        yield
+    finally:
+        uninstall(deadlock=deadlock, lock_order=lock_order)
+
+
+def describe_target(target: Any) -> str:
+    """One line about what a wait is for."""
+    if isinstance(target, threading.Thread):
+        return f"thread {target.name!r} to finish (Thread.join)"
+    if isinstance(target, (TrackedLock, TrackedRLock)):
+        return target.lock_class.describe()
+    return repr(target)
+
+
+def short_stack(frame: FrameType | None, limit: int = 8) -> list[str]:
+    """The last ``limit`` frames up to ``frame``, formatted (for reports)."""
+    summary = traceback.extract_stack(frame)
+    kept = [entry for entry in summary if not RUNNER_FILE.search(entry.filename)]
+    return traceback.format_list(kept[-limit:])
+
+
+#: Files of the test runner: their frames say nothing about the code under test.
+RUNNER_FILE = re.compile(r"[/\\](_pytest|pluggy|pytest)[/\\]|^<frozen runpy>$")

@@ -1,0 +1,138 @@
+"""Socket leaks: sockets an owner (a test, a fixture scope) created and left open.
+
+:class:`~pytest_netthreads.detect.threadleak.ThreadLeakChecker` with ``sockets=True`` records
+each socket created (``socket.socket.__init__``, so ``accept``, ``socketpair``,
+``create_connection`` and TLS sockets too) with its owner and creation stack; this module
+decides which records are leaks and formats them.
+
+Not blamed: sockets created by the kit's own threads (a server's accepted connections: the
+server closes them at its stop), the shared reactor's own wake-up sockets, and sockets whose
+owner is no test (created before the checker started, or by threads that existed before).
+A socket that was garbage-collected is not open any more (Python warns about it with a
+``ResourceWarning`` of its own).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import weakref
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from .threadleak import Frame, format_stack, where
+
+_KIT_SOCKET_FILES = (os.path.join("pytest_netthreads", "servers", "_reactor.py"),)
+
+
+@dataclass(eq=False)
+class SocketRecord:
+    """Where and by whom one socket was created (weakly: it does not keep the socket)."""
+
+    ref: weakref.ref[socket.socket]
+    owner: Hashable
+    frames: tuple[Frame, ...]
+
+    def open(self) -> bool:
+        sock = self.ref()
+        return sock is not None and sock.fileno() != -1
+
+    def kit_owned(self) -> bool:
+        return any(f[0].endswith(_KIT_SOCKET_FILES) for f in self.frames)
+
+
+@dataclass(frozen=True)
+class LeakedSocket:
+    """A socket still open (``fileno() != -1``) when its owner was checked.
+
+    Attributes:
+        socket: the socket itself.
+        description: family, type, local and peer address.
+        owner: the owner's label.
+        created_at: ``file:line in function`` of the code that created it.
+        creation_stack: the stack that created it, formatted (most recent call last).
+    """
+
+    socket: socket.socket
+    description: str
+    owner: str
+    created_at: str
+    creation_stack: str
+
+    def format(self) -> str:
+        return (
+            f"--- socket {self.description}\n"
+            f"created at {self.created_at}\n"
+            f"creation stack (most recent call last):\n{self.creation_stack}"
+        )
+
+
+def describe_socket(sock: socket.socket) -> str:
+    """``fd=N AF_INET SOCK_STREAM 127.0.0.1:5000 -> 127.0.0.1:6000`` (what can be read)."""
+    parts = [f"fd={sock.fileno()}"]
+    try:
+        parts.append(socket.AddressFamily(sock.family).name)
+    except ValueError:
+        parts.append(str(sock.family))
+    try:
+        parts.append(socket.SocketKind(sock.type).name)
+    except ValueError:
+        parts.append(str(sock.type))
+    try:
+        local = _address(sock.getsockname())
+    except OSError:
+        local = ""
+    try:
+        peer = _address(sock.getpeername())
+    except OSError:
+        peer = ""
+    if local:
+        parts.append(local)
+    if peer:
+        parts.append(f"-> {peer}")
+    elif local:
+        parts.append("(not connected)")
+    return " ".join(parts)
+
+
+def _address(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if isinstance(address, bytes):  # abstract Unix socket names
+        return repr(address)
+    return str(address)
+
+
+def find_leaked_sockets(records: list[SocketRecord]) -> list[LeakedSocket]:
+    """The records whose socket is still open, as :class:`LeakedSocket`, kit sockets left out."""
+    leaks = []
+    for record in records:
+        sock = record.ref()
+        if sock is None or sock.fileno() == -1 or record.kit_owned():
+            continue
+        leaks.append(
+            LeakedSocket(
+                socket=sock,
+                description=describe_socket(sock),
+                owner=str(record.owner),
+                created_at=where(record.frames),
+                creation_stack=format_stack(record.frames),
+            )
+        )
+    return leaks
+
+
+def format_socket_leaks(owner: str, leaks: list[LeakedSocket]) -> str:
+    """The report for ``leaks``: a headline naming ``owner``, then each socket."""
+    head = f"{len(leaks)} socket(s) created by {owner} still open after its teardown:"
+    return "\n".join([head, *(leak.format() for leak in leaks)])
+
+
+__all__ = [
+    "LeakedSocket",
+    "SocketRecord",
+    "describe_socket",
+    "find_leaked_sockets",
+    "format_socket_leaks",
+]

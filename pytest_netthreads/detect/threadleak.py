@@ -1,0 +1,540 @@
+"""The thread-leak checker: which threads were started by whom, and which are still running.
+
+:class:`ThreadLeakChecker` patches :meth:`threading.Thread.start` while it runs and records,
+for every thread started, its *owner* (any hashable object: the plugin uses one per test and
+one per higher-scoped fixture), the ``file:line`` where it was started and the start stack.
+:meth:`ThreadLeakChecker.check` then joins the threads an owner started, for up to a grace
+period (no sleeping: a run without leaks pays nothing), and returns those still alive::
+
+    from pytest_netthreads.detect.threadleak import ThreadLeakChecker
+
+    with ThreadLeakChecker(grace=1.0):  # raises ThreadLeakError on exit if a thread leaked
+        run_the_code_under_test()
+
+Who owns a new thread:
+
+1. threads of the kit itself (``pytest_netthreads._threads.is_internal``) are never tracked;
+2. a thread whose target belongs to a :class:`concurrent.futures.ThreadPoolExecutor` or a
+   :class:`~pytest_netthreads.ThreadedServer` belongs to whoever created that object (so a
+   pool made by a module-scoped fixture does not blame the test that first submitted work);
+3. a thread started by a tracked thread belongs to that thread's owner;
+4. a thread started by the thread that drives the checker belongs to the current owner;
+5. anything else (threads started by threads that existed before the checker) is untracked.
+
+With ``sockets=True`` it also records the sockets each owner creates (see ``socketleak.py``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+import re
+import sys
+import sysconfig
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+from .._threads import format_thread_stack, is_internal
+
+if TYPE_CHECKING:
+    import socket
+
+    from typing_extensions import Self
+
+    from .socketleak import LeakedSocket, SocketRecord
+
+Frame = tuple[str, int, str]
+"""``(filename, lineno, function)`` of one stack frame, outermost first in a stack."""
+
+_MAX_FRAMES = 40
+# Frames of the test runner are left out of start stacks: they say nothing about the test.
+_RUNNER_DIRS = (f"{os.sep}_pytest{os.sep}", f"{os.sep}pluggy{os.sep}")
+# "Where" a thread or socket was started is the innermost frame of the caller's own code:
+# not the stdlib, installed packages (a client library opening its socket) or this kit.
+_LIBRARY_DIRS = tuple(
+    dict.fromkeys(
+        os.path.normcase(sysconfig.get_paths()[key]) + os.sep
+        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+    )
+)
+_HERE = os.path.normcase(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
+
+
+def capture_stack(frame: FrameType | None) -> tuple[Frame, ...]:
+    """The frames from ``frame`` outwards, up to the test runner's own frames (outermost first).
+
+    Cheap: no source lines are read here (see :func:`format_stack`).
+    """
+    frames: list[Frame] = []
+    while frame is not None and len(frames) < _MAX_FRAMES:
+        code = frame.f_code
+        filename = code.co_filename
+        if any(d in filename for d in _RUNNER_DIRS):
+            break
+        frames.append((filename, frame.f_lineno, code.co_name))
+        frame = frame.f_back
+    frames.reverse()
+    return tuple(frames)
+
+
+def format_stack(frames: Iterable[Frame]) -> str:
+    """Format captured frames like a traceback (most recent call last)."""
+    summary = traceback.StackSummary.from_list(
+        [traceback.FrameSummary(filename, lineno, name) for filename, lineno, name in frames]
+    )
+    return "".join(summary.format()) or "    (no frames recorded)\n"
+
+
+def where(frames: tuple[Frame, ...]) -> str:
+    """``file:line in function`` of the innermost frame of the caller's own code.
+
+    That is, outside the stdlib, installed packages (``site-packages``) and this kit: the line
+    of the test (or the code under test) that started the thread or created the socket, not
+    ``threading.py``, ``concurrent/futures`` or an HTTP library. The full stack is reported
+    too; when every frame is library code, the innermost one is named.
+    """
+    for filename, lineno, name in reversed(frames):
+        path = os.path.normcase(os.path.abspath(filename))
+        if not path.startswith(_LIBRARY_DIRS) and not path.startswith(_HERE):
+            return f"{filename}:{lineno} in {name}"
+    if frames:
+        filename, lineno, name = frames[-1]
+        return f"{filename}:{lineno} in {name}"
+    return "(unknown)"
+
+
+def _target_name(thread: threading.Thread) -> str:
+    target = getattr(thread, "_target", None)
+    if target is None:
+        cls = type(thread)
+        if cls.run is not threading.Thread.run:
+            return f"{cls.__module__}.{cls.__qualname__}.run"
+        return "(none)"
+    if isinstance(target, functools.partial):
+        target = target.func
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None) or repr(target)
+    return f"{module}.{qualname}" if module else str(qualname)
+
+
+@dataclass(eq=False)
+class _Started:
+    thread: threading.Thread
+    owner: Hashable
+    target: str
+    frames: tuple[Frame, ...]
+
+
+@dataclass(frozen=True)
+class LeakedThread:
+    """A thread an owner started that was still alive when the owner was checked.
+
+    Attributes:
+        thread: the thread itself.
+        name: its name at check time.
+        daemon: whether it is a daemon thread.
+        target: the qualified name of its target (or of its ``run`` method).
+        owner: the owner's label (the test's node id, for instance).
+        started_at: ``file:line in function`` of the code that started it.
+        start_stack: the stack that started it, formatted (most recent call last).
+        current_stack: its stack at check time, formatted.
+    """
+
+    thread: threading.Thread
+    name: str
+    daemon: bool
+    target: str
+    owner: str
+    started_at: str
+    start_stack: str
+    current_stack: str
+
+    def format(self) -> str:
+        kind = "daemon" if self.daemon else "non-daemon"
+        return (
+            f"--- thread {self.name!r} ({kind}), target {self.target}\n"
+            f"started at {self.started_at}\n"
+            f"start stack (most recent call last):\n{self.start_stack}"
+            f"current stack (most recent call last):\n{self.current_stack}"
+        )
+
+
+def format_thread_leaks(owner: str, leaks: list[LeakedThread], grace: float) -> str:
+    """The report for ``leaks``: a headline naming ``owner``, then each thread."""
+    head = f"{len(leaks)} thread(s) started by {owner} still running {grace:g}s after its teardown:"
+    return "\n".join([head, *(leak.format() for leak in leaks)])
+
+
+class ThreadLeakError(AssertionError):
+    """Raised by :meth:`ThreadLeakChecker.__exit__` when threads (or sockets) leaked.
+
+    Attributes:
+        threads: the leaked threads.
+        sockets: the leaked sockets (with ``sockets=True``).
+    """
+
+    def __init__(
+        self, message: str, threads: list[LeakedThread], sockets: list[LeakedSocket]
+    ) -> None:
+        super().__init__(message)
+        self.threads = threads
+        self.sockets = sockets
+
+
+def compile_patterns(patterns: Iterable[str], what: str) -> list[re.Pattern[str]]:
+    """Compile regexes, raising ``ValueError`` naming ``what`` for a bad one."""
+    compiled = []
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"{what} must be regular expressions (str), got {pattern!r}")
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise ValueError(
+                f"{what}: {pattern!r} is not a valid regular expression ({exc})"
+            ) from None
+    return compiled
+
+
+def _validate_grace(grace: object) -> float:
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
+        raise ValueError(f"grace must be a number of seconds >= 0, got {grace!r}")
+    return float(grace)
+
+
+class ThreadLeakChecker:
+    """Records who started each thread (and socket) and finds those left running.
+
+    Args:
+        grace: seconds :meth:`check` waits (joining, not sleeping) for an owner's threads to
+            finish before it calls them leaked. Default 1.0.
+        ignore: regular expressions; threads whose name matches one (``re.search``) are never
+            reported.
+        sockets: also record the sockets each owner creates (see :meth:`check_sockets`).
+    """
+
+    def __init__(
+        self, *, grace: float = 1.0, ignore: Iterable[str] = (), sockets: bool = False
+    ) -> None:
+        self.grace = _validate_grace(grace)
+        if isinstance(ignore, str):
+            raise TypeError(f"ignore must be an iterable of regexes, got the str {ignore!r}")
+        self.ignore = compile_patterns(ignore, "ignore")
+        self.sockets = bool(sockets)
+        self._lock = threading.Lock()
+        self._owner: Hashable | None = None
+        self._driver: threading.Thread | None = None
+        # thread -> its owner (not the record: a value referring to its key would keep it)
+        self._started: weakref.WeakKeyDictionary[threading.Thread, Hashable] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._objects: weakref.WeakKeyDictionary[Any, Hashable] = weakref.WeakKeyDictionary()
+        self._owned: dict[Hashable, list[_Started]] = {}
+        self._sockets: dict[Hashable, list[SocketRecord]] = {}
+        self._undo: list[Callable[[], None]] = []
+        self._running = False
+        self._default_owner = f"{type(self).__name__}@{id(self):#x}"
+        self._previous: Hashable | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Patch ``Thread.start`` (and ``socket.__init__`` with ``sockets=True``).
+
+        Threads alive now are never reported. Raises ``RuntimeError`` when already started.
+        """
+        if self._running:
+            raise RuntimeError("this ThreadLeakChecker is already started")
+        self._running = True
+        self._driver = threading.current_thread()
+        self._patch(threading.Thread, "start", self._wrap_start)
+        from ..servers.core import ThreadedServer
+
+        for cls in (concurrent.futures.ThreadPoolExecutor, ThreadedServer):
+            self._patch(cls, "__init__", self._wrap_init)
+        if self.sockets:
+            import socket
+
+            self._patch(socket.socket, "__init__", self._wrap_socket_init)
+        return self
+
+    def stop(self) -> None:
+        """Restore what :meth:`start` patched. Records already made stay checkable."""
+        while self._undo:
+            self._undo.pop()()
+        self._running = False
+
+    def __enter__(self) -> Self:
+        self.start()
+        self._previous = self.set_owner(self._default_owner)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.set_owner(self._previous)
+        try:
+            # With an exception already on its way, do not wait: it is reported, not this.
+            threads = self.check(self._default_owner, grace=0 if exc_type else None)
+            socks = self.check_sockets(self._default_owner) if self.sockets else []
+        finally:
+            self.stop()
+        if exc_type is None and (threads or socks):
+            from .socketleak import format_socket_leaks
+
+            parts = []
+            if threads:
+                parts.append(format_thread_leaks("the checked block", threads, self.grace))
+            if socks:
+                parts.append(format_socket_leaks("the checked block", socks))
+            raise ThreadLeakError("\n\n".join(parts), threads, socks)
+
+    def _patch(self, cls: type, name: str, make: Callable[[Any], Any]) -> None:
+        own = name in cls.__dict__
+        original = getattr(cls, name)
+        setattr(cls, name, make(original))
+
+        def undo() -> None:
+            if own:
+                setattr(cls, name, original)
+            else:
+                delattr(cls, name)
+
+        self._undo.append(undo)
+
+    # -- ownership -----------------------------------------------------------------------
+
+    def set_owner(self, owner: Hashable | None) -> Hashable | None:
+        """Make ``owner`` the owner of what the driving thread starts from now on.
+
+        ``None`` means nobody: what is started then is not tracked. Returns the previous one.
+        """
+        previous, self._owner = self._owner, owner
+        if owner is not None:
+            self._driver = threading.current_thread()
+        return previous
+
+    @property
+    def owner(self) -> Hashable | None:
+        return self._owner
+
+    @contextmanager
+    def owned_by(self, owner: Hashable | None) -> Iterator[None]:
+        """``with checker.owned_by(owner):`` sets the owner for the block, then restores it."""
+        previous = self.set_owner(owner)
+        try:
+            yield
+        finally:
+            self.set_owner(previous)
+
+    def _caller_owner(self) -> Hashable | None:
+        current = threading.current_thread()
+        if current is self._driver:
+            return self._owner
+        return self._started.get(current)
+
+    def _object_owner(self, thread: threading.Thread) -> tuple[bool, Hashable | None]:
+        """``(True, owner)`` when the thread's target belongs to an object we saw created."""
+        candidates: list[object] = []
+        target = getattr(thread, "_target", None)
+        bound = getattr(target, "__self__", None)
+        if bound is not None:
+            candidates.append(bound)
+        for arg in tuple(getattr(thread, "_args", ()))[:2]:
+            if isinstance(arg, weakref.ref):  # ThreadPoolExecutor workers get a weakref
+                candidates.append(arg())
+        for obj in candidates:
+            try:
+                if obj in self._objects:
+                    return True, self._objects[obj]
+            except Exception:  # not weak-referenceable or not hashable: never recorded
+                continue
+            if isinstance(obj, concurrent.futures.ThreadPoolExecutor):
+                return True, None  # created before the checker started
+        return False, None
+
+    def _wrap_init(self, original: Callable[..., None]) -> Callable[..., None]:
+        checker = self
+
+        @functools.wraps(original)
+        def __init__(obj: Any, *args: Any, **kwargs: Any) -> None:
+            owner = checker._caller_owner()
+            if owner is not None:
+                try:
+                    checker._objects[obj] = owner
+                except TypeError:  # not weak-referenceable or not hashable
+                    pass
+            original(obj, *args, **kwargs)
+
+        return __init__
+
+    def _wrap_start(self, original: Callable[[threading.Thread], None]) -> Callable[..., None]:
+        checker = self
+
+        @functools.wraps(original)
+        def start(thread: threading.Thread) -> None:
+            try:
+                record = checker._on_start(thread)
+            except Exception:  # bookkeeping must never break the code under test
+                record = None
+            try:
+                original(thread)
+            except BaseException:
+                if record is not None:
+                    checker._forget(record)
+                raise
+
+        return start
+
+    def _on_start(self, thread: threading.Thread) -> _Started | None:
+        if is_internal(thread):
+            return None
+        found, owner = self._object_owner(thread)
+        if not found:
+            current = threading.current_thread()
+            owner = None if is_internal(current) else self._caller_owner()
+        if owner is None:
+            return None
+        record = _Started(thread, owner, _target_name(thread), capture_stack(sys._getframe(2)))
+        with self._lock:
+            self._started[thread] = owner
+            owned = self._owned.get(owner)
+            if owned is None:
+                owned = self._owned[owner] = []
+            elif len(owned) >= 256 and len(owned) & 255 == 0:
+                # A long-lived owner (a session-scoped server, say) starts many short threads.
+                owned[:] = [r for r in owned if r.thread.is_alive() or not r.thread.ident]
+            owned.append(record)
+        return record
+
+    def _forget(self, record: _Started) -> None:
+        with self._lock:
+            self._started.pop(record.thread, None)
+            owned = self._owned.get(record.owner)
+            if owned is not None and record in owned:
+                owned.remove(record)
+
+    # -- checking ------------------------------------------------------------------------
+
+    def owners(self) -> list[Hashable]:
+        """Owners with threads (or sockets) recorded and not checked yet."""
+        with self._lock:
+            return list(dict.fromkeys([*self._owned, *self._sockets]))
+
+    def has_records(self, owner: Hashable) -> bool:
+        return owner in self._owned or owner in self._sockets
+
+    def check(
+        self,
+        owner: Hashable,
+        *,
+        grace: float | None = None,
+        allow: Iterable[re.Pattern[str]] | None = (),
+    ) -> list[LeakedThread]:
+        """The threads ``owner`` started that are still alive, after joining them up to grace.
+
+        Forgets ``owner``'s threads: a thread is reported once at most.
+
+        Args:
+            owner: the owner to check.
+            grace: seconds to wait in total (default: the checker's ``grace``).
+            allow: patterns of thread names (``re.search``) not to report; ``None`` allows
+                every thread.
+        """
+        grace = self.grace if grace is None else _validate_grace(grace)
+        with self._lock:
+            records = self._owned.pop(owner, None)
+        if not records or allow is None:
+            return []
+        patterns = [*self.ignore, *allow]
+        current = threading.current_thread()
+        candidates = [
+            r
+            for r in records
+            if r.thread.is_alive()
+            and r.thread is not current
+            and not is_internal(r.thread)
+            and not any(p.search(r.thread.name) for p in patterns)
+        ]
+        if not candidates:
+            return []
+        deadline = time.monotonic() + grace
+        for record in candidates:
+            record.thread.join(max(0.0, deadline - time.monotonic()))
+        return [self._leak(r) for r in candidates if r.thread.is_alive()]
+
+    def _leak(self, record: _Started) -> LeakedThread:
+        thread = record.thread
+        return LeakedThread(
+            thread=thread,
+            name=thread.name,
+            daemon=thread.daemon,
+            target=record.target,
+            owner=str(record.owner),
+            started_at=where(record.frames),
+            start_stack=format_stack(record.frames),
+            current_stack=format_thread_stack(thread),
+        )
+
+    # -- sockets -------------------------------------------------------------------------
+
+    def _wrap_socket_init(self, original: Callable[..., None]) -> Callable[..., None]:
+        from .socketleak import SocketRecord
+
+        checker = self
+
+        @functools.wraps(original)
+        def __init__(sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+            original(sock, *args, **kwargs)
+            if is_internal(threading.current_thread()):
+                return  # a kit server's connection: the server closes it at its stop
+            owner = checker._caller_owner()
+            if owner is None:
+                return
+            try:
+                ref = weakref.ref(sock)
+            except TypeError:  # a subclass with __slots__ and no __weakref__
+                return
+            record = SocketRecord(ref, owner, capture_stack(sys._getframe(1)))
+            with checker._lock:
+                owned = checker._sockets.get(owner)
+                if owned is None:
+                    owned = checker._sockets[owner] = []
+                elif len(owned) >= 256 and len(owned) & 255 == 0:
+                    owned[:] = [r for r in owned if r.open()]
+                owned.append(record)
+
+        return __init__
+
+    def check_sockets(self, owner: Hashable) -> list[LeakedSocket]:
+        """The sockets ``owner`` created that are still open. Forgets ``owner``'s sockets."""
+        from .socketleak import find_leaked_sockets
+
+        with self._lock:
+            records = self._sockets.pop(owner, None)
+        if not records:
+            return []
+        return find_leaked_sockets(records)
+
+
+__all__ = [
+    "LeakedThread",
+    "ThreadLeakChecker",
+    "ThreadLeakError",
+    "capture_stack",
+    "compile_patterns",
+    "format_stack",
+    "format_thread_leaks",
+    "where",
+]

@@ -1,0 +1,492 @@
+"""In-process socket faults: script what the sockets of the code under test read and send.
+
+A proxy cannot fix where a client's ``recv`` calls split the stream (the kernel merges
+segments), so :class:`SocketFaults` acts on the client's own sockets. While installed it
+patches methods of :class:`socket.socket` and :class:`ssl.SSLSocket` *in place* (the classes
+stay the same objects, so ``isinstance`` checks elsewhere keep working):
+
+- ``connect``/``connect_ex`` note each client socket the code under test connects (threads
+  of the kit itself, such as a :class:`~pytest_netthreads.faults.FaultProxy`, are exempt);
+- ``recv``/``recv_into``/``send``/``sendall`` of a noted socket consult the fault rules
+  whose address matches its peer; other sockets take a fast path to the original methods.
+
+``makefile()`` reads through ``recv_into``, so ``http.client`` and friends are covered.
+
+TLS: faults act at the :class:`ssl.SSLSocket` level, on the *plaintext*: sizes and byte
+counts are decrypted application bytes (the handshake itself is not faulted). A socket
+wrapped with ``SSLContext.wrap_socket`` inherits the rules of the socket it wraps. Faulting
+below TLS (on the ciphertext) would cut records and only ever produce TLS errors; use a
+:class:`~pytest_netthreads.faults.FaultProxy` for that.
+
+Everything is undone by :meth:`SocketFaults.undo` (or the end of its ``with`` block).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .specs import RecvChunks, RecvError, SendError, ShortSends, SocketFault
+
+_BASE: Any = socket.SocketType  # the C socket type: the methods socket.socket inherits
+_SSL_ORIGINAL: dict[str, Any] = {
+    name: ssl.SSLSocket.__dict__[name] for name in ("recv", "recv_into", "send", "_create")
+}
+_PATCHED_PLAIN = ("connect", "connect_ex", "recv", "recv_into", "send", "sendall")
+
+_exempt: set[int] = set()
+_states: weakref.WeakKeyDictionary[socket.socket, _SocketState] = weakref.WeakKeyDictionary()
+_installed: list[SocketFaults] = []
+_install_lock = threading.Lock()
+
+
+def exempt_current_thread() -> None:
+    """Sockets that the calling thread connects are never faulted (the kit's own threads)."""
+    _exempt.add(threading.get_ident())
+    weakref.finalize(threading.current_thread(), _exempt.discard, threading.get_ident())
+
+
+@dataclass(frozen=True)
+class SocketFaultEvent:
+    """One entry of :attr:`SocketFaults.log`: an error injected into a socket."""
+
+    socket: int
+    peer: Any
+    operation: str
+    offset: int
+    call: int
+    fault: SocketFault
+
+    def __str__(self) -> str:
+        return (
+            f"socket #{self.socket} to {self.peer}: {self.operation} call {self.call} "
+            f"at byte {self.offset}: {self.fault!r}"
+        )
+
+
+@dataclass(eq=False)
+class FaultedSocket:
+    """What :class:`SocketFaults` saw of one socket of the code under test."""
+
+    index: int
+    peer: Any
+    tls: bool
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    recv_calls: int = 0
+    send_calls: int = 0
+
+
+class _Rule:
+    def __init__(
+        self,
+        faults: tuple[SocketFault, ...],
+        targets: set[Any] | None,
+        match: Callable[[Any], bool] | None,
+    ) -> None:
+        self.faults = faults
+        self.targets = targets
+        self.match = match
+
+    def matches(self, peers: frozenset[Any]) -> bool:
+        if self.match is not None:
+            return any(self.match(p) for p in peers)
+        return self.targets is None or bool(self.targets & peers)
+
+
+class _FaultHandle:
+    def __init__(self, owner: SocketFaults, rule: _Rule) -> None:
+        self._owner = owner
+        self._rule = rule
+
+    def remove(self) -> None:
+        with self._owner._lock:
+            if self._rule in self._owner._rules:
+                self._owner._rules.remove(self._rule)
+
+    def __enter__(self) -> _FaultHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+
+class _SocketState:
+    def __init__(self, owner: SocketFaults, record: FaultedSocket, peers: frozenset[Any]):
+        self.owner = owner
+        self.record = record
+        self.peers = peers
+
+    def faults(self) -> list[SocketFault]:
+        owner = self.owner
+        if not owner.installed:
+            return []
+        with owner._lock:
+            rules = list(owner._rules)
+        return [f for rule in rules if rule.matches(self.peers) for f in rule.faults]
+
+    def recv_limit(self, size: int) -> int:
+        record = self.record
+        record.recv_calls += 1
+        pos = record.bytes_received
+        for fault in self.faults():
+            if isinstance(fault, RecvError):
+                if fault.at_call == record.recv_calls or (
+                    fault.after_bytes is not None and pos >= fault.after_bytes
+                ):
+                    self._fail("recv", fault, pos, record.recv_calls)
+                if fault.after_bytes is not None:
+                    size = min(size, fault.after_bytes - pos)
+            elif isinstance(fault, RecvChunks):
+                end = _boundary(fault.sizes, fault.cycle, pos)
+                if end is not None:
+                    size = min(size, end - pos)
+        return size
+
+    def send_limit(self, size: int) -> int:
+        record = self.record
+        record.send_calls += 1
+        pos = record.bytes_sent
+        call = record.send_calls
+        for fault in self.faults():
+            if isinstance(fault, SendError):
+                if fault.at_call == call or (
+                    fault.after_bytes is not None and pos >= fault.after_bytes
+                ):
+                    self._fail("send", fault, pos, call)
+                if fault.after_bytes is not None:
+                    size = min(size, fault.after_bytes - pos)
+            elif isinstance(fault, ShortSends):
+                sizes = fault.sizes
+                if call <= len(sizes):
+                    size = min(size, sizes[call - 1])
+                elif fault.cycle:
+                    size = min(size, sizes[(call - 1) % len(sizes)])
+        return size
+
+    def _fail(self, operation: str, fault: RecvError | SendError, pos: int, call: int) -> None:
+        record = self.record
+        event = SocketFaultEvent(record.index, record.peer, operation, pos, call, fault)
+        with self.owner._lock:
+            self.owner._log.append(event)
+        error = fault.error
+        if isinstance(error, BaseException):
+            raise error
+        if issubclass(error, OSError) and error is not OSError:
+            codes: dict[type[BaseException], int] = {
+                ConnectionResetError: errno.ECONNRESET,
+                BrokenPipeError: errno.EPIPE,
+                ConnectionAbortedError: errno.ECONNABORTED,
+            }
+            code = codes.get(error)
+            if code is not None:
+                raise error(code, f"{errno.errorcode[code]} (injected by SocketFaults: {event})")
+            if issubclass(error, TimeoutError):
+                raise error(f"timed out (injected by SocketFaults: {event})")
+        raise error(f"injected by SocketFaults: {event}")
+
+
+def _boundary(sizes: Any, cycle: bool, pos: int) -> int | None:
+    """The stream offset of the first chunk boundary after ``pos``, ``None`` past the end."""
+    total: int = sum(sizes)
+    base = 0
+    if pos >= total:
+        if not cycle:
+            return None
+        base = (pos // total) * total
+    end: int = base
+    for size in sizes:
+        end += size
+        if end > pos:
+            return end
+    return None  # pragma: no cover - unreachable: the sizes add up to more than pos
+
+
+def _peers(address: Any) -> frozenset[Any]:
+    """Normalise an address for matching: ``(ip, port)`` pairs, or a Unix path."""
+    address = getattr(address, "address", address)
+    if isinstance(address, (str, bytes)):
+        return frozenset([address])
+    if not (isinstance(address, tuple) and len(address) >= 2):
+        raise TypeError(
+            f"address must be a (host, port) tuple, a Unix path or an object with .address, "
+            f"got {address!r}"
+        )
+    host, port = address[0], address[1]
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"address port must be an int, got {port!r}")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, TypeError):
+            continue
+        return frozenset([(host, port)])
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ValueError(f"address host {host!r} does not resolve ({exc})") from None
+    return frozenset((info[4][0], port) for info in infos)
+
+
+class SocketFaults:
+    """Inject faults into the sockets the code under test connects; undone by :meth:`undo`.
+
+    Usable without pytest (like ``MonkeyPatch.context()``)::
+
+        with SocketFaults(faults.RecvChunks([1, 1, 2]), address=server.address) as sf:
+            client.get(...)        # its recv calls return 1, 1, 2 bytes, then as usual
+        print(sf.sockets, sf.log)
+
+    Args:
+        faults: in-process faults (:class:`RecvChunks`, :class:`ShortSends`,
+            :class:`RecvError`, :class:`SendError`) for a first rule (see :meth:`add`).
+        address: that rule applies only to sockets connected to this address.
+        match: or a predicate ``match(peer) -> bool`` on the ``(ip, port)`` or path.
+    """
+
+    def __init__(
+        self,
+        *faults: SocketFault,
+        address: Any = None,
+        match: Callable[[Any], bool] | None = None,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._rules: list[_Rule] = []
+        self._log: list[SocketFaultEvent] = []
+        self._sockets: list[FaultedSocket] = []
+        self.installed = False
+        if faults:
+            self.add(*faults, address=address, match=match)
+        elif address is not None or match is not None:
+            raise ValueError("address= and match= need faults to apply to; got no faults")
+
+    def add(
+        self, *faults: SocketFault, address: Any = None, match: Callable[[Any], bool] | None = None
+    ) -> _FaultHandle:
+        """Add a rule: ``faults`` for sockets connected to ``address`` (default: any).
+
+        Acts on sockets already connected too. Returns a handle; ``with sf.add(...):``
+        removes the rule at the end of the block.
+        """
+        if not faults:
+            raise ValueError("add() needs at least one fault")
+        for fault in faults:
+            if not isinstance(fault, (RecvChunks, ShortSends, RecvError, SendError)):
+                raise TypeError(
+                    "faults must be in-process socket faults (RecvChunks, ShortSends, "
+                    f"RecvError, SendError), got {fault!r}"
+                )
+        if address is not None and match is not None:
+            raise ValueError("give address= or match=, not both")
+        if match is not None and not callable(match):
+            raise TypeError(f"match must be a callable taking the peer address, got {match!r}")
+        targets = None if address is None else set(_peers(address))
+        rule = _Rule(tuple(faults), targets, match)
+        with self._lock:
+            self._rules.append(rule)
+        return _FaultHandle(self, rule)
+
+    def clear(self) -> None:
+        """Remove every rule (sockets behave normally again)."""
+        with self._lock:
+            self._rules.clear()
+
+    @property
+    def sockets(self) -> list[FaultedSocket]:
+        """Every client socket connected while installed, with its counters."""
+        with self._lock:
+            return list(self._sockets)
+
+    @property
+    def log(self) -> list[SocketFaultEvent]:
+        """The errors injected so far, oldest first."""
+        with self._lock:
+            return list(self._log)
+
+    def install(self) -> SocketFaults:
+        """Patch the socket methods (idempotent). Returns ``self``."""
+        with _install_lock:
+            if self.installed:
+                return self
+            if not _installed:
+                _patch()
+            _installed.append(self)
+            self.installed = True
+        return self
+
+    def undo(self) -> None:
+        """Restore the socket methods (when no other instance is installed). Idempotent."""
+        with _install_lock:
+            if not self.installed:
+                return
+            self.installed = False
+            _installed.remove(self)
+            if not _installed:
+                _unpatch()
+
+    def __enter__(self) -> SocketFaults:
+        return self.install()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.undo()
+
+    def _track(self, sock: socket.socket, address: Any, tls: bool) -> None:
+        try:
+            peers = _peers(address)
+        except (TypeError, ValueError):
+            return
+        peer = address if isinstance(address, str) else tuple(address[:2])
+        with self._lock:
+            record = FaultedSocket(len(self._sockets), peer, tls)
+            self._sockets.append(record)
+        _states[sock] = _SocketState(self, record, peers)
+
+
+# -- the patched methods ---------------------------------------------------------------------
+
+
+def _note(sock: socket.socket, address: Any) -> None:
+    if threading.get_ident() in _exempt or not _installed:
+        return
+    if sock.type != socket.SOCK_STREAM:
+        return
+    owner = _installed[-1]
+    owner._track(sock, address, tls=False)
+
+
+def _connect(self: socket.socket, address: Any) -> None:
+    _BASE.connect(self, address)
+    _note(self, address)
+
+
+def _connect_ex(self: socket.socket, address: Any) -> int:
+    result: int = _BASE.connect_ex(self, address)
+    if result in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+        _note(self, address)
+    return result
+
+
+def _byte_view(data: Any) -> memoryview:
+    view = memoryview(data)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def _recv(self: socket.socket, bufsize: int, flags: int = 0) -> bytes:
+    state = _states.get(self)
+    if state is None or bufsize <= 0:
+        return _BASE.recv(self, bufsize, flags)  # type: ignore[no-any-return]
+    data: bytes = _BASE.recv(self, state.recv_limit(bufsize), flags)
+    state.record.bytes_received += len(data)
+    return data
+
+
+def _recv_into(self: socket.socket, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+    state = _states.get(self)
+    size = nbytes or memoryview(buffer).nbytes
+    if state is None or size <= 0:
+        return _BASE.recv_into(self, buffer, nbytes, flags)  # type: ignore[no-any-return]
+    n: int = _BASE.recv_into(self, buffer, state.recv_limit(size), flags)
+    state.record.bytes_received += n
+    return n
+
+
+def _send(self: socket.socket, data: Any, flags: int = 0) -> int:
+    state = _states.get(self)
+    if state is None:
+        return _BASE.send(self, data, flags)  # type: ignore[no-any-return]
+    view = _byte_view(data)
+    if not view.nbytes:
+        return _BASE.send(self, view, flags)  # type: ignore[no-any-return]
+    n: int = _BASE.send(self, view[: state.send_limit(view.nbytes)], flags)
+    state.record.bytes_sent += n
+    return n
+
+
+def _sendall(self: socket.socket, data: Any, flags: int = 0) -> None:
+    if _states.get(self) is None:
+        _BASE.sendall(self, data, flags)
+        return
+    view = _byte_view(data)
+    while view.nbytes:
+        n = _send(self, view, flags)
+        view = view[n:]
+
+
+def _ssl_recv(self: ssl.SSLSocket, buflen: int = 1024, flags: int = 0) -> bytes:
+    state = _states.get(self)
+    if state is None or buflen <= 0:
+        return _SSL_ORIGINAL["recv"](self, buflen, flags)  # type: ignore[no-any-return]
+    data: bytes = _SSL_ORIGINAL["recv"](self, state.recv_limit(buflen), flags)
+    state.record.bytes_received += len(data)
+    return data
+
+
+def _ssl_recv_into(
+    self: ssl.SSLSocket, buffer: Any, nbytes: int | None = None, flags: int = 0
+) -> int:
+    state = _states.get(self)
+    size = nbytes or memoryview(buffer).nbytes
+    if state is None or size <= 0:
+        return _SSL_ORIGINAL["recv_into"](self, buffer, nbytes, flags)  # type: ignore[no-any-return]
+    n: int = _SSL_ORIGINAL["recv_into"](self, buffer, state.recv_limit(size), flags)
+    state.record.bytes_received += n
+    return n
+
+
+def _ssl_send(self: ssl.SSLSocket, data: Any, flags: int = 0) -> int:
+    state = _states.get(self)
+    if state is None:
+        return _SSL_ORIGINAL["send"](self, data, flags)  # type: ignore[no-any-return]
+    view = _byte_view(data)
+    if not view.nbytes:
+        return _SSL_ORIGINAL["send"](self, view, flags)  # type: ignore[no-any-return]
+    n: int = _SSL_ORIGINAL["send"](self, view[: state.send_limit(view.nbytes)], flags)
+    state.record.bytes_sent += n
+    return n
+
+
+def _ssl_create(cls: type[ssl.SSLSocket], sock: socket.socket, *args: Any, **kwargs: Any) -> Any:
+    state = _states.get(sock)
+    new = _SSL_ORIGINAL["_create"].__func__(cls, sock, *args, **kwargs)
+    if state is not None and state.owner.installed:
+        owner = state.owner
+        with owner._lock:
+            record = FaultedSocket(len(owner._sockets), state.record.peer, True)
+            owner._sockets.append(record)
+        _states[new] = _SocketState(owner, record, state.peers)
+    return new
+
+
+def _patch() -> None:
+    for name, fn in zip(
+        _PATCHED_PLAIN, (_connect, _connect_ex, _recv, _recv_into, _send, _sendall)
+    ):
+        setattr(socket.socket, name, fn)
+    ssl.SSLSocket.recv = _ssl_recv  # type: ignore[method-assign]
+    ssl.SSLSocket.recv_into = _ssl_recv_into  # type: ignore[method-assign]
+    ssl.SSLSocket.send = _ssl_send  # type: ignore[method-assign]
+    ssl.SSLSocket._create = classmethod(_ssl_create)  # type: ignore[attr-defined]
+
+
+def _unpatch() -> None:
+    for name in _PATCHED_PLAIN:
+        if name in socket.socket.__dict__:
+            delattr(socket.socket, name)
+    for name, original in _SSL_ORIGINAL.items():
+        setattr(ssl.SSLSocket, name, original)
+
+
+def patched() -> bool:
+    """Whether the socket methods are patched now (some :class:`SocketFaults` installed)."""
+    return "recv" in socket.socket.__dict__
+
+
+__all__ = ["FaultedSocket", "SocketFaultEvent", "SocketFaults", "exempt_current_thread", "patched"]

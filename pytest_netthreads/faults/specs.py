@@ -1,0 +1,364 @@
+"""Fault specifications: small frozen dataclasses, validated when they are made.
+
+Proxy faults (applied by :class:`~pytest_netthreads.faults.FaultProxy`) each carry a
+``direction`` (``"downstream"``: server to client, ``"upstream"``: client to server, or
+``"both"``) and a ``probability``: the chance, drawn once per connection and direction from
+that connection's seeded generator, that the fault applies to it.
+
+In-process faults (applied by :class:`~pytest_netthreads.faults.SocketFaults` to the sockets
+the code under test creates) script what ``recv``/``send`` return and when they raise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Union
+
+Direction = Literal["downstream", "upstream", "both"]
+_DIRECTIONS = ("downstream", "upstream", "both")
+
+
+def _check_number(name: str, value: object, *, minimum: float = 0.0, maximum: float | None = None,
+                  allow_min: bool = True) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    low_ok = value >= minimum if allow_min else value > minimum
+    high_ok = maximum is None or value <= maximum
+    if not (low_ok and high_ok and math.isfinite(value)):
+        low = f">= {minimum:g}" if allow_min else f"> {minimum:g}"
+        rng = low if maximum is None else f"{low} and <= {maximum:g}"
+        raise ValueError(f"{name} must be a finite number {rng}, got {value!r}")
+
+
+def _check_int(name: str, value: object, *, minimum: int = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ProxyFault:
+    """Base class of the faults a :class:`~pytest_netthreads.faults.FaultProxy` applies."""
+
+    def __post_init__(self) -> None:
+        direction = getattr(self, "direction", "both")
+        if direction not in _DIRECTIONS:
+            raise ValueError(f"direction must be one of {_DIRECTIONS}, got {direction!r}")
+        _check_number("probability", getattr(self, "probability", 1.0), maximum=1.0)
+
+    @property
+    def chance(self) -> float:
+        """The ``probability`` field every subclass has (typed here for the base class)."""
+        return float(getattr(self, "probability", 1.0))
+
+    def applies_to(self, direction: str) -> bool:
+        """Whether the fault acts on the ``"upstream"`` or ``"downstream"`` byte stream."""
+        mine: str = getattr(self, "direction", "both")
+        return mine == "both" or mine == direction
+
+
+@dataclass(frozen=True)
+class Latency(ProxyFault):
+    """Deliver each piece of data ``seconds`` (plus or minus up to ``jitter``) after it arrived.
+
+    Order is kept: a piece is never delivered before the one read before it.
+    """
+
+    seconds: float
+    jitter: float = 0.0
+    direction: Direction = "downstream"
+    probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_number("seconds", self.seconds, maximum=3600.0)
+        _check_number("jitter", self.jitter, maximum=3600.0)
+
+
+@dataclass(frozen=True)
+class Bandwidth(ProxyFault):
+    """Forward at most ``bytes_per_second``, paced in pieces of about 10 ms each.
+
+    A token bucket 20 ms deep: after the proxy thread could not run for a while (a busy
+    machine) the stream catches up by at most 20 ms worth of data; idle time earns nothing.
+    """
+
+    bytes_per_second: float
+    direction: Direction = "downstream"
+    probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_number("bytes_per_second", self.bytes_per_second, allow_min=False)
+
+
+@dataclass(frozen=True)
+class Slice(ProxyFault):
+    """Deliver data in pieces of ``size`` bytes (plus or minus ``variation``), ``delay`` apart.
+
+    Each piece is a separate ``send``; with a ``delay`` the receiver's reads see the pieces
+    separately (without one the kernel may merge pieces that arrive together).
+    """
+
+    size: int
+    variation: int = 0
+    delay: float = 0.0
+    direction: Direction = "downstream"
+    probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int("size", self.size, minimum=1)
+        _check_int("variation", self.variation, minimum=0)
+        if self.variation >= self.size:
+            raise ValueError(
+                f"variation must be smaller than size ({self.size}), got {self.variation}"
+            )
+        _check_number("delay", self.delay, maximum=3600.0)
+
+
+@dataclass(frozen=True)
+class Timeout(ProxyFault):
+    """Forward ``after_bytes``, then drop everything and hold the connection open.
+
+    The peer sees silence (its read times out); reading goes on, so its sends succeed.
+    """
+
+    after_bytes: int = 0
+    direction: Direction = "downstream"
+    probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int("after_bytes", self.after_bytes)
+
+
+@dataclass(frozen=True)
+class Stall(ProxyFault):
+    """Forward ``after_bytes``, then stop reading: the sender's buffers fill and it blocks."""
+
+    after_bytes: int = 0
+    direction: Direction = "upstream"
+    probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int("after_bytes", self.after_bytes)
+
+
+@dataclass(frozen=True)
+class ResetPeer(ProxyFault):
+    """Forward ``after_bytes``, then reset both sides with a real RST (``SO_LINGER`` 0).
+
+    Acts on live connections too: adding it resets those already past ``after_bytes``.
+    """
+
+    after_bytes: int = 0
+    direction: Direction = "downstream"
+    probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int("after_bytes", self.after_bytes)
+
+
+@dataclass(frozen=True)
+class LimitData(ProxyFault):
+    """Forward ``nbytes``, then close gracefully: both peers get a FIN (``recv`` returns b"")."""
+
+    nbytes: int
+    direction: Direction = "downstream"
+    probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int("nbytes", self.nbytes)
+
+
+@dataclass(frozen=True)
+class SlowClose(ProxyFault):
+    """Pass a peer's FIN (or close) on only ``seconds`` after it arrived."""
+
+    seconds: float
+    direction: Direction = "downstream"
+    probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_number("seconds", self.seconds, maximum=3600.0)
+
+
+@dataclass(frozen=True)
+class Corrupt(ProxyFault):
+    """Flip bits: XOR ``mask`` into the bytes at stream ``offsets`` and, with ``rate``, others.
+
+    ``offsets`` count from the start of the connection's stream in that direction, so a
+    given corruption is exactly reproducible; ``rate`` draws from the connection's seeded
+    generator, so it is reproducible from the proxy seed.
+    """
+
+    offsets: tuple[int, ...] = ()
+    rate: float = 0.0
+    mask: int = 0xFF
+    direction: Direction = "downstream"
+    probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.offsets, tuple):
+            raise TypeError(f"offsets must be a tuple of ints >= 0, got {self.offsets!r}")
+        for offset in self.offsets:
+            _check_int("offsets[...]", offset)
+        _check_number("rate", self.rate, maximum=1.0)
+        _check_int("mask", self.mask, minimum=1)
+        if self.mask > 0xFF:
+            raise ValueError(f"mask must be an int from 1 to 255, got {self.mask}")
+        if not self.offsets and self.rate == 0:
+            raise ValueError("Corrupt needs offsets=(...) or a rate > 0")
+
+
+@dataclass(frozen=True)
+class DelayConnect(ProxyFault):
+    """Accept, then dial the target only ``seconds`` later (a slow connection set-up).
+
+    ``direction`` is not used (it is a connection fault); ``probability`` is per connection.
+    """
+
+    seconds: float
+    direction: Direction = "both"
+    probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_number("seconds", self.seconds, maximum=3600.0)
+
+
+@dataclass(frozen=True)
+class HoldConnect(ProxyFault):
+    """Accept, then hold: the target is not dialed and nothing is forwarded while it is active.
+
+    Connections held when the fault is removed go on normally (they dial the target then).
+    """
+
+    direction: Direction = "both"
+    probability: float = 1.0
+
+
+# -- in-process socket faults ---------------------------------------------------------------
+
+
+def _check_sizes(name: str, sizes: object) -> tuple[int, ...]:
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+        raise TypeError(f"{name} must be a sequence of ints >= 1, got {sizes!r}")
+    for size in sizes:
+        _check_int(f"{name}[...]", size, minimum=1)
+    if not sizes:
+        raise ValueError(f"{name} must hold at least one size")
+    return tuple(sizes)
+
+
+@dataclass(frozen=True)
+class RecvChunks:
+    """Cut the received byte stream at fixed boundaries: ``recv`` never returns across one.
+
+    The boundaries are stream offsets (``sizes`` are the lengths of the pieces), so a read
+    that the kernel happened to cut shorter does not shift them. After the last size reads
+    are unlimited, or with ``cycle=True`` the sizes start over.
+    """
+
+    sizes: Sequence[int]
+    cycle: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sizes", _check_sizes("sizes", self.sizes))
+
+
+@dataclass(frozen=True)
+class ShortSends:
+    """The n-th ``send`` call sends at most ``sizes[n]`` bytes (and returns that count).
+
+    ``sendall`` still sends everything, as a series of short sends.
+    """
+
+    sizes: Sequence[int]
+    cycle: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sizes", _check_sizes("sizes", self.sizes))
+
+
+ExceptionSpec = Union[BaseException, type[BaseException]]  # noqa: UP007 (a runtime alias)
+
+
+def _check_error(
+    error: object, after_bytes: object, at_call: object
+) -> None:
+    ok_type = isinstance(error, type) and issubclass(error, BaseException)
+    if not (ok_type or isinstance(error, BaseException)):
+        raise TypeError(
+            f"error must be an exception class or instance (e.g. TimeoutError), got {error!r}"
+        )
+    if (after_bytes is None) == (at_call is None):
+        raise ValueError("give exactly one of after_bytes=N or at_call=K")
+    if after_bytes is not None:
+        _check_int("after_bytes", after_bytes)
+    if at_call is not None:
+        _check_int("at_call", at_call, minimum=1)
+
+
+@dataclass(frozen=True)
+class RecvError:
+    """``recv`` raises ``error`` once ``after_bytes`` were received, or at call ``at_call``.
+
+    ``at_call`` counts from 1. Reads are cut so that exactly ``after_bytes`` arrive first.
+    Typical errors: ``TimeoutError`` (``socket.timeout``), ``ConnectionResetError``.
+    """
+
+    error: ExceptionSpec
+    after_bytes: int | None = None
+    at_call: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_error(self.error, self.after_bytes, self.at_call)
+
+
+@dataclass(frozen=True)
+class SendError:
+    """``send``/``sendall`` raise ``error`` once ``after_bytes`` were sent, or at ``at_call``.
+
+    Typical errors: ``BrokenPipeError``, ``ConnectionResetError``, ``TimeoutError``.
+    """
+
+    error: ExceptionSpec
+    after_bytes: int | None = None
+    at_call: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_error(self.error, self.after_bytes, self.at_call)
+
+
+SocketFault = Union[RecvChunks, ShortSends, RecvError, SendError]  # noqa: UP007
+
+__all__ = [
+    "Bandwidth",
+    "Corrupt",
+    "DelayConnect",
+    "Direction",
+    "HoldConnect",
+    "Latency",
+    "LimitData",
+    "ProxyFault",
+    "RecvChunks",
+    "RecvError",
+    "ResetPeer",
+    "SendError",
+    "ShortSends",
+    "Slice",
+    "SlowClose",
+    "SocketFault",
+    "Stall",
+    "Timeout",
+]

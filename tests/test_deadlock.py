@@ -1,0 +1,257 @@
+"""DeadlockDetector without pytest wiring: cycles found when they form, hangs at the deadline."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from pytest_netthreads._threads import is_internal
+from pytest_netthreads.detect import locks
+from pytest_netthreads.detect.deadlock import (
+    DeadlockDetector,
+    DeadlockError,
+    DeadlockReport,
+    HangError,
+    find_cycles,
+)
+
+
+@pytest.fixture
+def detector() -> Iterator[DeadlockDetector]:
+    reports: list[DeadlockReport] = []
+    with DeadlockDetector(on_report=reports.append) as det:
+        assert (
+            sum(t.name == "netthreads-watchdog" and is_internal(t) for t in threading.enumerate())
+            == 1
+        )
+        det.arm("in-process", timeout=None)
+        yield det
+        det.disarm()
+    assert not any(t.name == "netthreads-watchdog" for t in threading.enumerate())
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+
+
+def run_threads(
+    *targets: Callable[[], None], names: list[str], into: list[threading.Thread] | None = None
+) -> list[threading.Thread]:
+    threads = [threading.Thread(target=t, name=n) for t, n in zip(targets, names)]
+    if into is not None:
+        into.extend(threads)  # before start(): the detector may interrupt start() itself
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def join_all(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join(10)
+    assert not any(t.is_alive() for t in threads)
+
+
+def start_ring(n: int, threads: list[threading.Thread], errors: list[BaseException]) -> None:
+    """n threads, thread i holds lock i and then wants lock i+1 (mod n)."""
+    lks = [threading.Lock() for _ in range(n)]
+    barrier = threading.Barrier(n, timeout=10)
+
+    def make(i: int) -> Callable[[], None]:
+        def body() -> None:
+            try:
+                with lks[i]:
+                    barrier.wait()
+                    with lks[(i + 1) % n]:
+                        pass
+            except DeadlockError as exc:
+                errors.append(exc)
+
+        return body
+
+    names = [f"ring-{i}" for i in range(n)]
+    run_threads(*(make(i) for i in range(n)), names=names, into=threads)
+
+
+@pytest.mark.usefixtures("detector")
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_cycle_is_found_when_it_forms_and_broken(n: int) -> None:
+    threads: list[threading.Thread] = []
+    errors: list[BaseException] = []
+    # The armed thread (this one) is interrupted wherever it is: starting or joining.
+    with pytest.raises(DeadlockError) as info:
+        start_ring(n, threads, errors)
+        for thread in threads:
+            thread.join()
+    join_all(threads)
+    assert len(errors) >= 1  # at least one waiter was aborted; the others then got the lock
+    report = info.value.report
+    assert report.kind == "cycle"
+    assert sorted(report.threads) == [f"ring-{i}" for i in range(n)]
+    assert f"a wait-for cycle of {n} threads" in report.text
+    assert report.text.count(f"created at {__file__}") == n
+    assert report.text.count(f"acquired at {__file__}") == n
+    assert "with lks[(i + 1) % n]:" in report.text  # each thread's stack
+
+
+def test_main_thread_waiting_in_the_cycle_gets_the_error(detector: DeadlockDetector) -> None:
+    first, second = threading.Lock(), threading.Lock()
+    held = threading.Event()
+
+    def worker() -> None:
+        with second:
+            held.set()
+            with first:
+                pass
+
+    with first:
+        (thread,) = run_threads(worker, names=["worker"])
+        assert held.wait(10)
+        with pytest.raises(DeadlockError) as info:
+            second.acquire()
+    join_all([thread])
+    assert info.value.report.threads in (("MainThread", "worker"), ("worker", "MainThread"))
+
+
+def test_a_condition_reacquire_can_be_part_of_a_cycle(detector: DeadlockDetector) -> None:
+    lock = threading.Lock()
+    cond = threading.Condition()
+    waiting = threading.Event()
+    errors: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            with lock, cond:
+                waiting.set()
+                cond.wait(30)  # notified, it needs `cond` back while holding `lock`
+        except DeadlockError as exc:
+            errors.append(exc)
+
+    def notifier() -> None:
+        try:
+            with cond:
+                cond.notify()
+                with lock:
+                    pass
+        except DeadlockError as exc:
+            errors.append(exc)
+
+    (t1,) = run_threads(waiter, names=["waiter"])
+    assert waiting.wait(10)
+    started: list[threading.Thread] = []
+    # The armed (test) thread is interrupted too: in join, or already in start() when the
+    # cycle forms that fast.
+    with pytest.raises(DeadlockError):
+        run_threads(notifier, names=["notifier"], into=started)
+        join_all([t1, *started])
+    join_all([t1, *started])
+    # The notifier was aborted (the waiter's re-acquire in Condition.wait is not abortable:
+    # its caller's `with` would release a lock it lacks) and the waiter then went on.
+    assert [str(e) for e in errors] == [
+        "aborted: this thread was in a wait-for cycle with 'waiter', 'notifier'"
+    ] or [str(e) for e in errors] == [
+        "aborted: this thread was in a wait-for cycle with 'notifier', 'waiter'"
+    ]
+    reports = detector.take_reports()
+    assert len(reports) == 1
+    text = reports[0].text
+    assert f"RLock created at {__file__}" in text  # the condition's own lock, at the user's line
+    assert "through Condition.__init__" in text
+    # acquisition and call sites are the user's lines, not Condition's internals
+    assert text.count(f"acquired at {__file__}") == 2
+    assert text.count(f"called at {__file__}") == 2
+    assert sorted(reports[0].threads) == ["notifier", "waiter"]
+
+
+def test_condition_and_queue_traffic_is_no_deadlock(detector: DeadlockDetector) -> None:
+    import queue
+
+    q: queue.Queue[int | None] = queue.Queue(maxsize=1)
+    cond = threading.Condition()
+    seen: list[int] = []
+
+    def consumer() -> None:
+        while (item := q.get(timeout=10)) is not None:
+            with cond:
+                seen.append(item)
+                cond.notify_all()
+
+    threads = run_threads(consumer, consumer, names=["c1", "c2"])
+    for i in range(200):
+        q.put(i, timeout=10)
+    with cond:
+        assert cond.wait_for(lambda: len(seen) == 200, timeout=10)
+    q.put(None)
+    q.put(None)
+    join_all(threads)
+    assert detector.take_reports() == []
+
+
+def test_a_thread_waiting_on_a_plain_lock_it_holds_is_not_a_deadlock(
+    detector: DeadlockDetector,
+) -> None:
+    # The Condition.wait pattern: acquire twice, another thread releases.
+    signal_lock = threading.Lock()
+
+    def waits_for_signal() -> None:
+        signal_lock.acquire()
+        signal_lock.acquire()
+        signal_lock.release()
+
+    (thread,) = run_threads(waits_for_signal, names=["signalled"])
+    wait_until(lambda: thread.ident in locks.waits())
+    assert find_cycles(locks.waits()) == []
+    signal_lock.release()
+    join_all([thread])
+    assert detector.take_reports() == []
+
+
+def test_a_hang_without_cycle_interrupts_the_main_thread(detector: DeadlockDetector) -> None:
+    never = threading.Event()
+    gate = threading.Lock()
+    gate.acquire()
+    (blocked,) = run_threads(lambda: gate.acquire() and None, names=["stuck-on-gate"])
+    wait_until(lambda: blocked.ident in locks.waits())
+    detector.arm("hang-test", timeout=0.3)
+    with pytest.raises(HangError) as info:
+        never.wait(60)  # untracked waiter lock: the signal interrupts it
+    report = info.value.report
+    assert report.kind == "timeout"
+    assert "hang-test still running after 0.3s" in report.text
+    assert "thread 'stuck-on-gate' waits for Lock created at" in report.text
+    assert "held by thread 'MainThread'" in report.text
+    assert "never.wait(60)" in report.text
+    gate.release()
+    join_all([blocked])
+
+
+def test_a_hang_in_a_join_is_interrupted_too(detector: DeadlockDetector) -> None:
+    release = threading.Event()
+    (worker,) = run_threads(lambda: release.wait(60) and None, names=["sleeper"])
+    detector.arm("join-hang", timeout=0.3)
+    with pytest.raises(HangError, match="join-hang"):
+        worker.join()
+    assert worker.is_alive()  # the interrupted join did not corrupt the thread's state
+    release.set()
+    join_all([worker])
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="tick"):
+        DeadlockDetector(tick=0)
+    with pytest.raises(ValueError, match="kill_grace"):
+        DeadlockDetector(kill_grace=-1)
+    with DeadlockDetector() as det, pytest.raises(ValueError, match="timeout"):
+        det.arm("x", timeout=-1)
+    det = DeadlockDetector().start()
+    try:
+        with pytest.raises(RuntimeError, match="already started"):
+            det.start()
+    finally:
+        det.stop()

@@ -1,0 +1,368 @@
+"""``--deadlock-timeout`` end to end: real pytest sessions in subprocesses (they could hang).
+
+Every inner session is bounded by ``timeout=``; the inner deadlock timeouts are long where
+the test is that a cycle is found when it forms (the report says "Deadlock", not "Hang").
+"""
+
+from __future__ import annotations
+
+import pytest
+
+RUN_TIMEOUT = 120
+
+ABBA = """
+import threading
+
+def test_abba():
+    a = threading.Lock()
+    b = threading.Lock()
+    barrier = threading.Barrier(2)
+
+    def one():
+        with a:
+            barrier.wait()
+            with b:
+                pass
+
+    def two():
+        with b:
+            barrier.wait()
+            with a:
+                pass
+
+    t1 = threading.Thread(target=one, name="worker-one")
+    t2 = threading.Thread(target=two, name="worker-two")
+    t1.start()
+    t2.start()
+    t1.join()
+    t2.join()
+
+def test_next_one_runs():
+    pass
+"""
+
+
+def test_abba_between_two_threads_fails_the_test_naming_the_cycle(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_abba=ABBA)
+    result = pytester.runpytest_subprocess("--deadlock-timeout=600", timeout=RUN_TIMEOUT)
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*Deadlock: a wait-for cycle of 2 threads formed in test_abba.py::test_abba:",
+            "*thread 'worker-*' waits for Lock created at *test_abba.py:? in test_abba",
+            "*called at *test_abba.py:* in *",
+            "*held by thread 'worker-*', acquired at *test_abba.py:* in *",
+            "*thread 'worker-*' waits for Lock created at *test_abba.py:? in test_abba",
+            "Stacks of the threads in the cycle (most recent call last):",
+            "--- thread 'worker-*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*Hang:*")
+    result.stdout.no_fnmatch_line("*killing process*")
+
+
+def test_three_thread_cycle(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_ring="""
+        import threading
+
+        def test_ring():
+            locks = [threading.Lock() for _ in range(3)]
+            barrier = threading.Barrier(3)
+
+            def body(i):
+                with locks[i]:
+                    barrier.wait()
+                    with locks[(i + 1) % 3]:
+                        pass
+
+            threads = [threading.Thread(target=body, args=(i,), name=f"ring-{i}")
+                       for i in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        """
+    )
+    result = pytester.runpytest_subprocess("--deadlock-timeout=600", timeout=RUN_TIMEOUT)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*a wait-for cycle of 3 threads formed*"])
+    for i in range(3):
+        result.stdout.fnmatch_lines([f"*thread 'ring-{i}' waits for Lock created at*"])
+
+
+def test_main_thread_join_on_a_deadlocked_worker(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_join="""
+        import threading
+
+        def test_join_while_holding():
+            lock = threading.Lock()
+            with lock:
+                worker = threading.Thread(target=lambda: lock.acquire(), name="needs-lock")
+                worker.start()
+                worker.join()  # the worker waits for our lock: a cycle through join
+
+        def test_after():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--deadlock-timeout=600", timeout=RUN_TIMEOUT)
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*a wait-for cycle of 2 threads*",
+            "*thread 'MainThread' waits for thread 'needs-lock' to finish (Thread.join)",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        ["*thread 'needs-lock' waits for Lock created at *", "*held by thread 'MainThread'*"]
+    )
+
+
+def test_condition_waits_are_no_false_report_and_a_lost_notify_is_a_hang(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_cond="""
+        import queue
+        import threading
+
+        def test_producer_consumer():
+            cond = threading.Condition()
+            items = []
+            q = queue.Queue(maxsize=2)
+
+            def consumer():
+                for _ in range(100):
+                    with cond:
+                        cond.wait_for(lambda: items)
+                        items.pop()
+                    q.put(1)
+
+            t = threading.Thread(target=consumer)
+            t.start()
+            for _ in range(100):
+                with cond:
+                    items.append(1)
+                    cond.notify()
+                q.get()
+            t.join()
+
+        def test_lost_notify():
+            cond = threading.Condition()
+
+            def consumer():
+                with cond:
+                    cond.wait()  # nobody notifies
+
+            t = threading.Thread(target=consumer, name="consumer", daemon=True)
+            t.start()
+            t.join()
+
+        def test_after():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--deadlock-timeout=5", "--lock-order-check", "-p", "no:randomly", timeout=RUN_TIMEOUT
+    )
+    result.assert_outcomes(failed=1, passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_lost_notify _*",
+            "Hang: test_cond.py::test_lost_notify still running after 5s (--deadlock-timeout);*",
+            "Wait-for state:",
+            "  thread 'MainThread' waits for thread 'consumer' to finish (Thread.join)",
+            "*called at *test_cond.py:* in test_lost_notify",
+            "Stacks of every thread (most recent call last):",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*cond.wait()  # nobody notifies"])
+    result.stdout.no_fnmatch_line("*Lock-order inversion*")
+
+
+@pytest.mark.parametrize("how", ["option", "ini"])
+def test_a_hang_without_cycle_fails_at_the_timeout_and_the_session_goes_on(
+    pytester: pytest.Pytester, how: str
+) -> None:
+    pytester.makepyfile(
+        test_hang="""
+        import time
+
+        def test_sleeps():
+            time.sleep(600)
+
+        def test_after():
+            pass
+        """
+    )
+    if how == "ini":
+        pytester.makeini("[pytest]\ndeadlock_timeout = 1\n")
+        result = pytester.runpytest_subprocess(timeout=RUN_TIMEOUT)
+    else:
+        result = pytester.runpytest_subprocess("--deadlock-timeout=1", timeout=RUN_TIMEOUT)
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "Hang: test_hang.py::test_sleeps still running after 1s (--deadlock-timeout);*",
+            "  (no thread waits in a tracked lock or a join)",
+            "--- thread 'MainThread'*",
+            "*time.sleep(600)",
+        ]
+    )
+
+
+@pytest.mark.parametrize("args", [[], ["--lock-order-check"]])
+def test_the_marker_sets_the_timeout_and_turns_the_detector_on(
+    pytester: pytest.Pytester, args: list[str]
+) -> None:
+    pytester.makepyfile(
+        test_marker="""
+        import threading
+        import time
+        import _thread
+        import pytest
+
+        @pytest.mark.deadlock_timeout(0.5)
+        def test_hangs():
+            assert threading.Lock is not _thread.allocate_lock  # tracking is on
+            time.sleep(600)
+
+        @pytest.mark.deadlock_timeout(seconds=0)
+        def test_zero_means_cycles_only():
+            time.sleep(0.01)
+        """
+    )
+    result = pytester.runpytest_subprocess(*args, timeout=RUN_TIMEOUT)
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["Hang: test_marker.py::test_hangs still running after 0.5s*"])
+
+
+def test_off_means_untouched_threading(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_off="""
+        import threading
+        import _thread
+
+        def test_plain():
+            assert threading.Lock is _thread.allocate_lock
+            assert not any(t.name == "netthreads-watchdog" for t in threading.enumerate())
+        """
+    )
+    result = pytester.runpytest_subprocess(timeout=RUN_TIMEOUT)
+    result.assert_outcomes(passed=1)
+
+
+def test_one_internal_watchdog_thread_for_the_session(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_watchdog="""
+        import threading
+        import pytest
+        from pytest_netthreads._threads import is_internal
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_one_watchdog(i):
+            dogs = [t for t in threading.enumerate() if t.name == "netthreads-watchdog"]
+            assert len(dogs) == 1 and is_internal(dogs[0])
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--deadlock-timeout=30", "--thread-leak-check", timeout=RUN_TIMEOUT
+    )
+    result.assert_outcomes(passed=3)
+
+
+@pytest.mark.parametrize(
+    ("args", "marker", "message"),
+    [
+        (["--deadlock-timeout=soon"], "", "*--deadlock-timeout*must be a number of seconds*soon*"),
+        (["--deadlock-timeout=-1"], "", "*--deadlock-timeout*must be a number of seconds*-1*"),
+        ([], "@pytest.mark.deadlock_timeout('x')", "*deadlock_timeout(seconds): seconds must*"),
+        ([], "@pytest.mark.deadlock_timeout(1, 2)", "*deadlock_timeout(seconds) takes one*"),
+    ],
+)
+def test_bad_values_are_named(
+    pytester: pytest.Pytester, args: list[str], marker: str, message: str
+) -> None:
+    pytester.makepyfile(
+        test_bad=f"""
+        import pytest
+
+        {marker}
+        def test_x():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(*args, timeout=RUN_TIMEOUT)
+    assert result.ret != 0
+    (result.stderr if not marker else result.stdout).fnmatch_lines([message])
+
+
+def test_works_under_xdist(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_abba=ABBA,
+        test_hang="""
+        import time
+
+        def test_sleeps():
+            time.sleep(600)
+
+        def test_fine():
+            pass
+        """,
+    )
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "--deadlock-timeout=2", "-p", "no:cacheprovider", timeout=RUN_TIMEOUT
+    )
+    result.assert_outcomes(failed=2, passed=2)
+    result.stdout.fnmatch_lines_random(
+        ["*Deadlock: a wait-for cycle of 2 threads*", "*Hang: test_hang.py::test_sleeps*"]
+    )
+    result.stdout.no_fnmatch_line("*replacing crashed worker*")
+
+
+def test_plugins_can_take_reports_over(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.hookimpl
+        def pytest_netthreads_deadlock_report(config, item, report):
+            with open("reports.txt", "a") as f:
+                f.write(f"{item.name} {report.kind} {sorted(report.threads)}\\n")
+            return True
+        """
+    )
+    pytester.makepyfile(test_abba=ABBA)
+    result = pytester.runpytest_subprocess("--deadlock-timeout=600", timeout=RUN_TIMEOUT)
+    # The test still fails (it was interrupted), but not with the plugin's own report.
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*DeadlockError*"])
+    taken = (pytester.path / "reports.txt").read_text()
+    assert taken == "test_abba cycle ['worker-one', 'worker-two']\n"
+
+
+def test_the_process_is_killed_as_the_last_resort(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_stubborn="""
+        import time
+
+        def test_swallows_every_interrupt():
+            while True:
+                try:
+                    time.sleep(600)
+                except BaseException:
+                    pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--deadlock-timeout=0.5", timeout=RUN_TIMEOUT)
+    assert result.ret == 70
+    result.stderr.fnmatch_lines(
+        [
+            "pytest-netthreads: test_stubborn.py::test_swallows_every_interrupt did not stop "
+            "within 5s after it was interrupted; killing process * as the last resort.*",
+        ]
+    )

@@ -1,0 +1,408 @@
+"""FaultProxy through real sockets: each fault against a real server and a real client.
+
+No test asserts an upper bound on time. Where a delay is the behaviour under test, the
+assertion is a lower bound (the proxy must not deliver early), which load cannot break.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from pytest_netthreads import ServerConnection, ThreadedServer, handlers
+from pytest_netthreads.faults import (
+    Bandwidth,
+    Corrupt,
+    DelayConnect,
+    FaultProxy,
+    HoldConnect,
+    Latency,
+    LimitData,
+    ProxyError,
+    ResetPeer,
+    Slice,
+    SlowClose,
+    Stall,
+    Timeout,
+)
+from pytest_netthreads.servers._reactor import get_reactor
+from tests._util import recv_exactly
+
+pytestmark = pytest.mark.usefixtures("_reactor_running", "no_thread_or_fd_leak")
+
+
+@pytest.fixture(scope="module")
+def _reactor_running() -> None:
+    # The shared reactor's own descriptors open on first use; not a leak of the test's.
+    get_reactor().start()
+
+
+@pytest.fixture
+def echo() -> Iterator[ThreadedServer]:
+    with ThreadedServer(handlers.echo, concurrency="selector") as server:
+        yield server
+
+
+@pytest.fixture
+def proxy(echo: ThreadedServer) -> Iterator[FaultProxy]:
+    with FaultProxy(echo, seed=7) as proxy:
+        yield proxy
+
+
+def _client(proxy: FaultProxy, timeout: float = 10.0) -> socket.socket:
+    return socket.create_connection(proxy.address, timeout=timeout)
+
+
+def _read_until_eof(sock: socket.socket) -> bytes:
+    data = bytearray()
+    while chunk := sock.recv(65536):
+        data += chunk
+    return bytes(data)
+
+
+def test_forwards_both_ways_and_records_the_connection(proxy: FaultProxy) -> None:
+    payload = bytes(range(256)) * 1000
+    with _client(proxy) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(payload,))
+        sender.start()
+        assert recv_exactly(sock, len(payload)) == payload
+        sender.join(10)
+    (record,) = proxy.wait_for_connections(1, closed=True)
+    assert record.bytes_upstream == record.bytes_downstream == len(payload)
+    assert record.how_closed == "eof"
+    assert proxy.log == []
+
+
+def test_half_close_reaches_the_server_as_eof() -> None:
+    def count_then_answer(conn: ServerConnection) -> None:
+        total = 0
+        while chunk := conn.recv(65536):
+            total += len(chunk)
+        conn.sendall(f"got {total}".encode())
+
+    with ThreadedServer(count_then_answer) as server, FaultProxy(server) as proxy:
+        with _client(proxy) as sock:
+            sock.sendall(b"x" * 5000)
+            sock.shutdown(socket.SHUT_WR)
+            assert _read_until_eof(sock) == b"got 5000"
+        (record,) = server.wait_for_connections(1, closed=True)
+        assert record.saw_eof
+
+
+def test_latency_delays_each_reply_in_order(proxy: FaultProxy) -> None:
+    proxy.add(Latency(0.2))
+    with _client(proxy) as sock:
+        started = time.monotonic()
+        sock.sendall(b"one")
+        assert recv_exactly(sock, 3) == b"one"
+        assert time.monotonic() - started >= 0.2  # lower bound only
+        sock.sendall(b"two")
+        assert recv_exactly(sock, 3) == b"two"
+    (event,) = [e for e in proxy.log if e.action == "applied"]
+    assert event.direction == "downstream" and event.offset == 0
+
+
+def test_scoped_faults_are_removed_at_the_end_of_the_block(proxy: FaultProxy) -> None:
+    with proxy.add(Latency(0.05), Slice(2)):
+        assert list(proxy.faults) == [Latency(0.05), Slice(2)]
+    assert len(proxy.faults) == 0
+    proxy.add(Slice(3))
+    proxy.remove(Slice(3))
+    with pytest.raises(ValueError, match="not active"):
+        proxy.remove(Slice(3))
+
+
+def test_slice_delivers_in_separate_pieces(echo: ThreadedServer) -> None:
+    chunks: list[bytes] = []
+
+    def record_reads(conn: ServerConnection) -> None:
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+
+    with ThreadedServer(record_reads) as server, FaultProxy(
+        server, Slice(2, delay=0.05, direction="upstream")
+    ) as proxy:
+        with _client(proxy) as sock:
+            sock.sendall(b"abcdefgh")
+        server.wait_for_connections(1, closed=True)
+    assert b"".join(chunks) == b"abcdefgh"
+    assert all(len(c) % 2 == 0 for c in chunks)  # cut only at the 2-byte boundaries
+    assert len(chunks) >= 2
+
+
+def test_slice_variation_is_reproducible_from_the_seed(echo: ThreadedServer) -> None:
+    def cuts(seed: int) -> list[int]:
+        seen: list[int] = []
+
+        def record_reads(conn: ServerConnection) -> None:
+            while chunk := conn.recv(65536):
+                seen.append(len(chunk))
+
+        fault = Slice(4, variation=3, delay=0.02, direction="upstream")
+        with ThreadedServer(record_reads) as server, FaultProxy(server, fault, seed=seed) as p:
+            with _client(p) as sock:
+                sock.sendall(b"z" * 40)
+            server.wait_for_connections(1, closed=True)
+        return seen
+
+    # The planned piece sizes come from the seeded generator; reads may merge pieces but
+    # never split one, so the cumulative offsets of the reads are a subset of the plan.
+    import random
+
+    rng = random.Random("3:0:upstream")
+    plan, pos = set(), 0
+    while pos < 40:
+        pos += 4 + rng.randint(-3, 3)
+        plan.add(min(pos, 40))
+    offsets, pos = set(), 0
+    for n in cuts(3):
+        pos += n
+        offsets.add(pos)
+    assert offsets <= plan
+
+
+def test_timeout_forwards_then_holds_silently(proxy: FaultProxy) -> None:
+    proxy.add(Timeout(after_bytes=3))
+    with _client(proxy) as sock:
+        sock.sendall(b"abcdef")
+        assert recv_exactly(sock, 3) == b"abc"
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(10)
+        proxy.clear()
+        sock.settimeout(10)
+        sock.sendall(b"again")
+        assert recv_exactly(sock, 5) == b"again"  # the held connection was still open
+    assert [e.action for e in proxy.log] == ["drop from here"]
+    assert proxy.log[0].offset == 3
+
+
+def test_stall_makes_the_sender_block() -> None:
+    with ThreadedServer(handlers.sink, concurrency="selector") as server, FaultProxy(
+        server, Stall(after_bytes=10)
+    ) as proxy:
+        with _client(proxy, timeout=0.5) as sock:
+            sent = 0
+            with pytest.raises(TimeoutError):
+                for _ in range(1000):  # bounded: the buffers fill long before 1000 MiB
+                    sock.sendall(b"s" * (1 << 20))
+                    sent += 1 << 20
+            (event,) = [e for e in proxy.log if e.action == "stall"]
+            assert event.offset == 10
+            record = server.wait_for_connections(1)[0]
+            assert record.bytes_in <= 10
+            proxy.clear()  # reading resumes: the sink receives what was buffered
+        server.wait_for_connections(1, closed=True)
+    assert server.connections[0].bytes_in > 10
+
+
+def test_reset_peer_resets_a_connection_opened_before_it(proxy: FaultProxy) -> None:
+    with _client(proxy) as sock:
+        sock.sendall(b"hi")
+        assert recv_exactly(sock, 2) == b"hi"
+        proxy.add(ResetPeer())
+        with pytest.raises(ConnectionResetError):
+            sock.recv(10)
+    (record,) = proxy.wait_for_connections(1, closed=True)
+    assert record.how_closed == "fault-reset"
+
+
+def test_reset_peer_after_bytes(proxy: FaultProxy, echo: ThreadedServer) -> None:
+    proxy.add(ResetPeer(after_bytes=4))
+    with _client(proxy) as sock:
+        sock.sendall(b"abcdefgh")
+        received = bytearray()
+        with pytest.raises(ConnectionResetError):
+            while chunk := sock.recv(10):
+                received += chunk
+    assert bytes(received) in (b"", b"abcd")  # what arrived before the RST, never more
+    assert [(e.action, e.offset) for e in proxy.log] == [("reset", 4)]
+    (record,) = echo.wait_for_connections(1, closed=True)
+    assert record.how_closed == "peer-reset"  # the server was reset too
+
+
+def test_limit_data_forwards_n_bytes_then_fin(proxy: FaultProxy) -> None:
+    proxy.add(LimitData(5))
+    with _client(proxy) as sock:
+        sock.sendall(b"hello world")
+        assert _read_until_eof(sock) == b"hello"
+
+
+def test_slow_close_delays_the_fin() -> None:
+    with ThreadedServer(handlers.Banner(b"bye")) as server, FaultProxy(
+        server, SlowClose(0.3)
+    ) as proxy:
+        with _client(proxy) as sock:
+            assert recv_exactly(sock, 3) == b"bye"
+            started = time.monotonic()
+            assert sock.recv(10) == b""
+            assert time.monotonic() - started >= 0.25  # lower bound only
+    assert any(e.action.startswith("slow close") for e in proxy.log)
+
+
+def test_corrupt_flips_the_bytes_at_given_offsets(proxy: FaultProxy) -> None:
+    proxy.add(Corrupt(offsets=(1, 3), mask=0x20))
+    with _client(proxy) as sock:
+        sock.sendall(b"abcdef")
+        assert recv_exactly(sock, 6) == b"aBcDef"
+    assert [(e.action, e.offset) for e in proxy.log] == [("corrupt", 1), ("corrupt", 3)]
+
+
+def test_random_corruption_is_reproducible_from_the_seed(echo: ThreadedServer) -> None:
+    def run(seed: int) -> bytes:
+        with FaultProxy(echo, Corrupt(rate=0.05), seed=seed) as p, _client(p) as sock:
+            sock.sendall(b"\0" * 2000)
+            return recv_exactly(sock, 2000)
+
+    first, again, other = run(11), run(11), run(12)
+    assert first == again
+    assert first != b"\0" * 2000
+    assert first != other
+
+
+def test_probability_draws_are_per_connection_and_reproducible(echo: ThreadedServer) -> None:
+    def decisions(seed: int) -> list[str]:
+        with FaultProxy(echo, LimitData(0, probability=0.5), seed=seed) as p:
+            for _ in range(12):
+                with _client(p) as sock:
+                    sock.sendall(b"x")
+                    sock.recv(1)
+            return [e.action for e in p.log if e.action in ("chosen", "skipped")]
+
+    first = decisions(5)
+    assert first == decisions(5)
+    assert set(first) == {"chosen", "skipped"}
+
+
+def test_bandwidth_paces_the_transfer(proxy: FaultProxy) -> None:
+    proxy.add(Bandwidth(100_000))
+    with _client(proxy) as sock:
+        started = time.monotonic()
+        sender = threading.Thread(target=sock.sendall, args=(b"b" * 30_000,))
+        sender.start()
+        assert recv_exactly(sock, 30_000) == b"b" * 30_000
+        sender.join(10)
+        assert time.monotonic() - started >= 0.25  # lower bound only: 30 kB at 100 kB/s
+
+
+def test_hold_connect_accepts_but_does_not_dial(proxy: FaultProxy, echo: ThreadedServer) -> None:
+    proxy.add(HoldConnect())
+    with _client(proxy, timeout=0.3) as sock:
+        sock.sendall(b"wait")
+        with pytest.raises(TimeoutError):
+            sock.recv(10)
+        assert echo.connections == []
+        proxy.clear()
+        sock.settimeout(10)
+        assert recv_exactly(sock, 4) == b"wait"
+    assert [e.action for e in proxy.log] == ["hold"]
+
+
+def test_delay_connect(proxy: FaultProxy, echo: ThreadedServer) -> None:
+    proxy.add(DelayConnect(0.2))
+    with _client(proxy) as sock:
+        started = time.monotonic()
+        sock.sendall(b"late")
+        assert recv_exactly(sock, 4) == b"late"
+        assert time.monotonic() - started >= 0.15  # lower bound only
+    assert proxy.log[0].action == "delay connect 0.2s"
+
+
+def test_down_refuses_and_up_listens_again_on_the_same_port(proxy: FaultProxy) -> None:
+    address = proxy.address
+    with proxy.refusing():
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(address, timeout=5)
+    assert proxy.address == address
+    with _client(proxy) as sock:
+        sock.sendall(b"up")
+        assert recv_exactly(sock, 2) == b"up"
+
+
+def test_down_can_reset_live_connections(proxy: FaultProxy) -> None:
+    with _client(proxy) as sock:
+        sock.sendall(b"x")
+        assert recv_exactly(sock, 1) == b"x"
+        proxy.down(reset_connections=True)
+        with pytest.raises(ConnectionResetError):
+            sock.recv(1)
+    proxy.up()
+
+
+def test_target_down_resets_the_client_and_is_logged() -> None:
+    with ThreadedServer(handlers.echo) as server:
+        address = server.address
+    with FaultProxy(address) as proxy:
+        with pytest.raises(ConnectionResetError), _client(proxy) as sock:
+            sock.recv(1)  # (the reset can even beat connect() to it)
+        (record,) = proxy.wait_for_connections(1, closed=True)
+        assert record.how_closed == "connect-failed"
+        assert "ECONNREFUSED" in proxy.log[0].action
+
+
+def test_unix_socket_target() -> None:
+    with ThreadedServer(handlers.echo, unix=True) as server, FaultProxy(
+        server, Slice(1, direction="both")
+    ) as proxy, _client(proxy) as sock:
+        sock.sendall(b"unix")
+        assert recv_exactly(sock, 4) == b"unix"
+
+
+def test_stop_closes_idle_connections(echo: ThreadedServer) -> None:
+    proxy = FaultProxy(echo).start()
+    sock = _client(proxy)
+    try:
+        sock.sendall(b"x")
+        assert recv_exactly(sock, 1) == b"x"  # nothing unread anywhere: the close is a FIN
+        proxy.stop()
+        assert sock.recv(1) == b""
+        assert proxy.connections[0].how_closed == "proxy-stop"
+    finally:
+        sock.close()
+    proxy.stop()  # again: nothing
+
+
+def test_an_error_in_the_proxy_thread_is_raised_by_stop(
+    echo: ThreadedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("bug in a fault")
+
+    proxy = FaultProxy(echo).start()
+    monkeypatch.setattr(proxy, "_client_event", broken)
+    with _client(proxy) as sock:
+        sock.sendall(b"x")
+        with pytest.raises(ConnectionResetError):
+            sock.recv(1)
+    with pytest.raises(ProxyError, match="bug in a fault") as info:
+        proxy.stop()
+    assert "connection #0" in str(info.value) and "seed=" in str(info.value)
+
+
+def test_cannot_start_twice_and_needs_start_for_an_address(echo: ThreadedServer) -> None:
+    proxy = FaultProxy(echo)
+    with pytest.raises(RuntimeError, match="no address until start"):
+        _ = proxy.address
+    with proxy:
+        with pytest.raises(RuntimeError, match="already started"):
+            proxy.start()
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "message"),
+    [
+        ((42,), {}, TypeError, "target must be"),
+        ((("127.0.0.1", 1), "latency"), {}, TypeError, "faults must be proxy faults"),
+        ((("127.0.0.1", 1),), {"seed": "x"}, TypeError, "seed must be an int"),
+        ((("127.0.0.1", 1),), {"port": 70000}, ValueError, "port must be"),
+    ],
+)
+def test_bad_arguments(
+    args: tuple[object, ...], kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        FaultProxy(*args, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,53 @@
+"""Fault specs: frozen, hashable, validated when made (the error names the parameter)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+
+from pytest_netthreads import faults
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: faults.Latency(-1), ValueError, r"seconds must be a finite number >= 0"),
+        (lambda: faults.Latency(0.1, jitter=float("inf")), ValueError, "jitter"),
+        (lambda: faults.Latency("1"), TypeError, "seconds must be a number"),  # type: ignore[arg-type]
+        (lambda: faults.Latency(0.1, direction="sideways"), ValueError, "direction must be one"),  # type: ignore[arg-type]
+        (lambda: faults.Latency(0.1, probability=1.5), ValueError, r"probability .* <= 1"),
+        (lambda: faults.Bandwidth(0), ValueError, r"bytes_per_second must be a finite number > 0"),
+        (lambda: faults.Slice(0), ValueError, r"size must be an int >= 1"),
+        (lambda: faults.Slice(2, variation=2), ValueError, "variation must be smaller than size"),
+        (lambda: faults.Slice(2.5), TypeError, "size must be an int"),  # type: ignore[arg-type]
+        (lambda: faults.Timeout(after_bytes=-1), ValueError, "after_bytes must be an int >= 0"),
+        (lambda: faults.Stall(after_bytes=True), TypeError, "after_bytes must be an int"),
+        (lambda: faults.ResetPeer(after_bytes=-5), ValueError, "after_bytes"),
+        (lambda: faults.LimitData(-1), ValueError, "nbytes must be an int >= 0"),
+        (lambda: faults.SlowClose(float("nan")), TypeError, "seconds must be a number"),
+        (lambda: faults.Corrupt(), ValueError, r"Corrupt needs offsets=\(...\) or a rate > 0"),
+        (lambda: faults.Corrupt(offsets=[1]), TypeError, "offsets must be a tuple"),  # type: ignore[arg-type]
+        (lambda: faults.Corrupt(offsets=(1,), mask=256), ValueError, "mask must be an int from 1"),
+        (lambda: faults.Corrupt(rate=2.0), ValueError, "rate must be"),
+        (lambda: faults.DelayConnect(-0.1), ValueError, "seconds"),
+    ],
+)
+def test_bad_values_name_the_parameter(
+    make: Callable[[], object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_faults_are_frozen_and_compare_by_value() -> None:
+    fault = faults.Slice(3, variation=1, delay=0.01, direction="both")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fault.size = 4  # type: ignore[misc]
+    assert fault == faults.Slice(3, variation=1, delay=0.01, direction="both")
+    assert len({fault, faults.Slice(3, variation=1, delay=0.01, direction="both")}) == 1
+    assert faults.ResetPeer().applies_to("downstream")
+    assert not faults.ResetPeer().applies_to("upstream")
+    assert faults.Stall(direction="both").applies_to("downstream")
+    assert faults.RecvChunks([1, 2]).sizes == (1, 2)

@@ -1,0 +1,120 @@
+"""``--lock-order-check`` end to end, in subprocess sessions (bounded)."""
+
+from __future__ import annotations
+
+import pytest
+
+RUN_TIMEOUT = 120
+
+INVERSION = """
+import threading
+
+FIRST = threading.Lock()
+SECOND = threading.RLock()
+
+def take(outer, inner):
+    with outer:
+        with inner:
+            pass
+
+def test_forward():
+    t = threading.Thread(target=take, args=(FIRST, SECOND), name="forward-thread")
+    t.start()
+    t.join()
+
+def test_backward():
+    take(SECOND, FIRST)  # the other order, later: no deadlock in this run
+
+def test_after():
+    take(FIRST, SECOND)
+"""
+
+
+@pytest.mark.parametrize("how", ["option", "ini"])
+def test_an_inversion_fails_the_test_that_closes_the_cycle(
+    pytester: pytest.Pytester, how: str
+) -> None:
+    pytester.makepyfile(test_order=INVERSION)
+    args = ["-p", "no:randomly"]
+    if how == "option":
+        args.append("--lock-order-check")
+    else:
+        pytester.makeini("[pytest]\nlock_order_check = true\n")
+    result = pytester.runpytest_subprocess(*args, timeout=RUN_TIMEOUT)
+    result.assert_outcomes(failed=1, passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_backward _*",
+            "Lock-order inversion (potential deadlock) between 2 lock classes:*",
+            "order 1:",
+            "  thread 'MainThread' acquired",
+            "    Lock created at *test_order.py:3 in <module>",
+            "      at *test_order.py:8 in take",
+            "    while holding RLock created at *test_order.py:4 in <module>",
+            "      acquired at *test_order.py:7 in take",
+            "    stack at the second acquisition:",
+            "*test_order.py*, line 17, in test_backward",
+            "*take(SECOND, FIRST)*",
+            "*test_order.py*, line 8, in take",
+            "order 2:",
+            "  thread 'forward-thread' acquired",
+            "    RLock created at *test_order.py:4 in <module>",
+            "      at *test_order.py:8 in take",
+            "    while holding Lock created at *test_order.py:3 in <module>",
+            "      acquired at *test_order.py:7 in take",
+        ]
+    )
+
+
+def test_stdlib_and_kit_usage_is_clean(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_clean="""
+        import concurrent.futures
+        import logging
+        import queue
+        import socket
+        import threading
+
+        LOCK = threading.Lock()
+
+        def test_executor_queue_logging(echo_server):
+            q = queue.Queue()
+            log = logging.getLogger("clean")
+
+            def work(i):
+                with LOCK:
+                    q.put(i)
+                    log.warning("work %d", i)
+                return q.get()
+
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                assert sorted(pool.map(work, range(50))) == list(range(50))
+            with LOCK, socket.create_connection(echo_server.address, timeout=10) as s:
+                s.sendall(b"x")
+                assert s.recv(1) == b"x"
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--lock-order-check", "--deadlock-timeout=60", timeout=RUN_TIMEOUT
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_plugins_can_take_lock_order_reports_over(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.hookimpl
+        def pytest_netthreads_lock_order_report(config, item, report):
+            with open("orders.txt", "a") as f:
+                f.write(f"{item.name} {len(report.edges)}\\n")
+            return True
+        """
+    )
+    pytester.makepyfile(test_order=INVERSION)
+    result = pytester.runpytest_subprocess(
+        "--lock-order-check", "-p", "no:randomly", timeout=RUN_TIMEOUT
+    )
+    result.assert_outcomes(passed=3)
+    assert (pytester.path / "orders.txt").read_text() == "test_backward 2\n"

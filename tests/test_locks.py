@@ -1,0 +1,217 @@
+"""Tracked Lock/RLock: the full lock API, the stdlib primitives built on them, bookkeeping."""
+
+from __future__ import annotations
+
+import _thread
+import concurrent.futures
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from pytest_netthreads import ThreadedServer, handlers
+from pytest_netthreads.detect import locks
+from pytest_netthreads.detect.locks import TrackedLock, TrackedRLock
+
+
+@pytest.fixture
+def tracking() -> Iterator[None]:
+    with locks.tracking(deadlock=True, lock_order=True):
+        yield
+    assert threading.Lock is _thread.allocate_lock
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+
+
+def test_lock_api_matches_a_plain_lock(tracking: None) -> None:
+    lock = threading.Lock()
+    assert isinstance(lock, TrackedLock)
+    assert not lock.locked()
+    assert lock.acquire()
+    assert lock.locked()
+    assert lock.owner == threading.get_ident()
+    assert lock.acquire(False) is False
+    assert lock.acquire(True, 0.01) is False
+    assert lock.acquire(timeout=0) is False
+    lock.release()
+    assert not lock.locked()
+    assert lock.owner is None
+    with pytest.raises(RuntimeError):
+        lock.release()
+    with lock:
+        assert lock.locked()
+    assert not lock.locked()
+
+
+@pytest.mark.parametrize("factory", ["Lock", "RLock"])
+def test_bad_arguments_raise_like_the_originals(tracking: None, factory: str) -> None:
+    lock = getattr(threading, factory)()
+    with pytest.raises(ValueError, match="non-blocking"):
+        lock.acquire(False, 1.0)
+    with pytest.raises(ValueError, match="timeout"):
+        lock.acquire(True, -5)
+
+
+def test_plain_lock_may_be_released_by_another_thread(tracking: None) -> None:
+    lock = threading.Lock()
+    lock.acquire()
+    releaser = threading.Thread(target=lock.release)
+    releaser.start()
+    releaser.join(10)
+    assert not lock.locked()
+    assert lock.owner is None
+    assert locks.held_locks(threading.get_ident()) == []
+
+
+def test_rlock_reentry_and_ownership(tracking: None) -> None:
+    rlock = threading.RLock()
+    assert isinstance(rlock, TrackedRLock)
+    with rlock, rlock:
+        assert rlock._recursion_count() == 2
+        assert rlock._is_owned()
+        errors: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                rlock.release()
+            except RuntimeError as exc:
+                errors.append(exc)
+            assert rlock.acquire(False) is False
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(10)
+        assert len(errors) == 1
+    assert not rlock.locked()
+    with pytest.raises(RuntimeError):
+        rlock.release()
+
+
+def test_creation_site_and_acquisition_site(tracking: None) -> None:
+    lock = threading.Lock()
+    created_line = test_creation_site_and_acquisition_site.__code__.co_firstlineno + 1
+    site = lock.lock_class.site
+    assert site.filename == __file__
+    assert site.lineno == created_line
+    assert lock.lock_class.via is None
+    with lock:
+        acquired = lock.acquired_at()
+        assert acquired is not None
+        assert (acquired.filename, acquired.lineno) == (__file__, created_line + 6)
+    q: queue.Queue[int] = queue.Queue()
+    mutex = q.mutex
+    assert isinstance(mutex, TrackedLock)
+    assert mutex.lock_class.site.filename == __file__
+    assert mutex.lock_class.via is not None
+    assert "Queue.__init__" in mutex.lock_class.via.function
+
+
+def test_stdlib_primitives_work_across_threads(tracking: None) -> None:
+    q: queue.Queue[int] = queue.Queue(maxsize=2)
+    done = threading.Event()
+    sem = threading.Semaphore(0)
+    barrier = threading.Barrier(2, timeout=10)
+    cond = threading.Condition()
+    box: list[int] = []
+
+    def worker() -> None:
+        barrier.wait()
+        for i in range(20):
+            q.put(i, timeout=10)
+        sem.release()
+        with cond:
+            box.append(1)
+            cond.notify_all()
+        done.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    barrier.wait()
+    assert [q.get(timeout=10) for _ in range(20)] == list(range(20))
+    assert sem.acquire(timeout=10)
+    with cond:
+        assert cond.wait_for(lambda: box, timeout=10)
+    assert done.wait(10)
+    thread.join(10)
+    assert not thread.is_alive()
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(lambda x: x * x, range(30))) == [x * x for x in range(30)]
+    assert locks.waits() == {}
+
+
+def test_a_blocked_acquire_and_a_join_are_visible_waits(tracking: None) -> None:
+    lock = threading.Lock()
+    lock.acquire()
+    worker = threading.Thread(target=lambda: lock.acquire() and lock.release(), name="w-1")
+    worker.start()
+    wait_until(lambda: worker.ident in locks.waits())
+    wait = locks.waits()[worker.ident or 0]
+    assert wait.target is lock
+    assert not wait.timed
+    assert wait.site.filename == __file__
+    joiner = threading.Thread(target=worker.join, name="joiner")
+    joiner.start()
+    wait_until(lambda: joiner.ident in locks.waits())
+    assert locks.waits()[joiner.ident or 0].target is worker
+    lock.release()
+    joiner.join(10)
+    worker.join(10)
+    assert not joiner.is_alive() and not worker.is_alive()
+    assert locks.waits() == {}
+
+
+def test_timed_acquire_times_out_in_a_tracked_wait(tracking: None) -> None:
+    lock = threading.RLock()
+    lock.acquire()
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(lock.acquire(timeout=0.2)))
+    thread.start()
+    thread.join(10)
+    lock.release()
+    assert result == [False]
+
+
+def test_abort_request_raises_in_the_waiting_thread(tracking: None) -> None:
+    lock = threading.Lock()
+    lock.acquire()
+    raised: list[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            lock.acquire()
+        except KeyError as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=blocked)
+    thread.start()
+    wait_until(lambda: thread.ident in locks.waits())
+    locks.request_abort(thread.ident or 0, KeyError("stop"))
+    thread.join(10)
+    lock.release()
+    assert len(raised) == 1
+    assert locks.waits() == {}
+
+
+def test_kit_and_runner_locks_stay_plain(tracking: None) -> None:
+    with ThreadedServer(handlers.echo) as server:
+        assert type(server._lock) is _thread.LockType
+    assert isinstance(threading.Lock(), TrackedLock)
+
+
+def test_install_is_nestable_and_restores_threading() -> None:
+    original = (threading.Lock, threading.RLock, threading.Thread.join)
+    with locks.tracking():
+        with locks.tracking(lock_order=True):
+            assert isinstance(threading.RLock(), TrackedRLock)
+        assert isinstance(threading.Lock(), TrackedLock)
+    assert (threading.Lock, threading.RLock, threading.Thread.join) == original
+    with pytest.raises(RuntimeError, match="not installed"):
+        locks.uninstall()

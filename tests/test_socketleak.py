@@ -1,0 +1,152 @@
+"""The socket-leak check: directly, and ``--socket-leak-check`` end to end."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import pytest
+
+from pytest_netthreads import ThreadedServer, handlers
+from pytest_netthreads.detect.threadleak import ThreadLeakChecker, ThreadLeakError
+
+pytest_plugins = ["pytester"]
+
+
+def test_an_open_socket_is_reported_with_where_it_was_created() -> None:
+    with pytest.raises(ThreadLeakError) as info, ThreadLeakChecker(sockets=True):
+        kept = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        kept.bind(("127.0.0.1", 0))
+        closed = socket.socket()
+        closed.close()
+    assert [leak.socket for leak in info.value.sockets] == [kept]
+    kept.close()
+    message = str(info.value)
+    assert "1 socket(s) created by the checked block still open after its teardown:" in message
+    assert "AF_INET SOCK_STREAM 127.0.0.1:" in message
+    assert f"created at {__file__}:" in message
+    assert "kept = socket.socket(socket.AF_INET, socket.SOCK_STREAM)" in message
+
+
+def test_server_sockets_closed_at_stop_and_tls_wrapped_sockets_are_not_leaks() -> None:
+    with ThreadLeakChecker(sockets=True, grace=5):
+        with ThreadedServer(handlers.echo) as srv:
+            for _ in range(3):
+                with socket.create_connection(srv.address, timeout=30) as client:
+                    client.sendall(b"ping")
+                    assert client.recv(4) == b"ping"
+        a, b = socket.socketpair()
+        a.close()
+        b.close()
+        ctx = ssl.create_default_context()
+        raw = socket.socket()
+        wrapped = ctx.wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False)
+        wrapped.close()
+
+
+def test_socket_leak_check_end_to_end(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_socks="""
+        import socket
+        import pytest
+
+        kept = []
+
+        @pytest.fixture(scope="module")
+        def listener():
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+            kept.append(s)
+            yield s      # closed by nobody: reported when the module ends
+
+        def test_leaks_a_client(listener):
+            kept.append(socket.create_connection(listener.getsockname(), timeout=30))
+
+        def test_closes_its_sockets(echo_server):
+            with socket.create_connection(echo_server.address, timeout=30) as c:
+                c.sendall(b"x")
+                assert c.recv(1) == b"x"
+
+        def test_last():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--socket-leak-check", timeout=120
+    )
+    result.assert_outcomes(passed=3, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_leaks_a_client*",
+            "1 socket(s) created by test_socks.py::test_leaks_a_client still open after its "
+            "teardown:",
+            "--- socket fd=* AF_INET SOCK_STREAM 127.0.0.1:* -> 127.0.0.1:*",
+            "created at */test_socks.py:15 in test_leaks_a_client",
+            "*ERROR at teardown of test_last*",
+            "1 socket(s) created by module-scoped fixture 'listener' (test_socks.py) still open*",
+            "--- socket fd=* AF_INET SOCK_STREAM 127.0.0.1:* (not connected)",
+            "created at */test_socks.py:8 in listener",
+        ]
+    )
+    # Threads are not checked with --socket-leak-check alone.
+    assert "thread(s) started by" not in result.stdout.str()
+
+
+def test_socket_hook_can_take_over(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        def pytest_netthreads_socket_leaks(config, node, owner, leaks):
+            for leak in leaks:
+                print("MINE", leak.created_at)
+                leak.socket.close()
+            return True
+        """
+    )
+    pytester.makepyfile(
+        test_x="""
+        import socket
+
+        def test_x():
+            global s
+            s = socket.socket()
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-s", "--socket-leak-check", timeout=120
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*MINE */test_x.py:5 in test_x*"])
+
+
+def test_a_client_librarys_socket_is_blamed_on_the_line_that_used_the_library(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_lib="""
+        import urllib3
+        from pytest_netthreads import handlers
+
+        pools = []
+
+        def test_keeps_a_pool_open(server_factory):
+            srv = server_factory(handlers.HTTPResponder(b"hi"))
+            pool = urllib3.HTTPConnectionPool(srv.host, srv.port, timeout=30, retries=False)
+            pools.append(pool)  # never closed: its kept-alive connection stays open
+            assert pool.request("GET", "/").data == b"hi"
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--socket-leak-check", timeout=120
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "1 socket(s) created by test_lib.py::test_keeps_a_pool_open still open*",
+            "--- socket fd=* AF_INET SOCK_STREAM 127.0.0.1:* -> 127.0.0.1:*",
+            "created at */test_lib.py:10 in test_keeps_a_pool_open",
+            "creation stack (most recent call last):",
+            '  File "*/test_lib.py", line 10, in test_keeps_a_pool_open',
+            '  File "*urllib3*", line *',
+        ]
+    )

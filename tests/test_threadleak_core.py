@@ -1,0 +1,185 @@
+"""ThreadLeakChecker used directly, without the plugin: real threads, joined by each test."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from pytest_netthreads._threads import mark_internal
+from pytest_netthreads.detect.threadleak import ThreadLeakChecker, ThreadLeakError
+
+
+@pytest.fixture
+def stop() -> Iterator[threading.Event]:
+    """An event the test's threads wait on; set at teardown (then each test joins them)."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+@pytest.fixture
+def idle(stop: threading.Event) -> Iterator[list[threading.Thread]]:
+    """Threads waiting on ``stop`` (not started): stopped and joined at teardown."""
+    threads = [threading.Thread(target=stop.wait, args=(60,), name=n) for n in ("one", "two")]
+    yield threads
+    stop.set()
+    for thread in threads:
+        if thread.ident is not None:
+            thread.join(10)
+
+
+@pytest.fixture
+def checker() -> Iterator[ThreadLeakChecker]:
+    checker = ThreadLeakChecker(grace=0).start()
+    yield checker
+    checker.stop()
+
+
+def test_a_thread_left_running_raises_with_its_name_target_and_start_line(
+    stop: threading.Event,
+) -> None:
+    thread = threading.Thread(target=stop.wait, args=(60,), name="left-running", daemon=True)
+    with pytest.raises(ThreadLeakError) as info, ThreadLeakChecker(grace=0):
+        thread.start()
+    stop.set()
+    thread.join(10)
+    message = str(info.value)
+    assert "1 thread(s) started by the checked block still running 0s after" in message
+    assert "--- thread 'left-running' (daemon), target threading.Event.wait" in message
+    assert f"started at {__file__}:" in message
+    assert "thread.start()" in message  # the start stack shows the source line
+    assert [leak.name for leak in info.value.threads] == ["left-running"]
+    assert info.value.threads[0].thread is thread
+
+
+def test_threads_that_finish_within_the_grace_are_joined_not_reported() -> None:
+    done = threading.Event()
+    with ThreadLeakChecker(grace=60):
+        threading.Thread(target=done.wait, args=(60,), name="finishing").start()
+        # The thread is still running when the block ends; it finishes while being joined.
+        threading.Timer(0.05, done.set).start()
+    assert not [t for t in threading.enumerate() if t.name == "finishing"]
+
+
+def test_stop_restores_what_start_patched() -> None:
+    originals = (
+        threading.Thread.start,
+        concurrent.futures.ThreadPoolExecutor.__init__,
+        socket.socket.__init__,
+    )
+    checker = ThreadLeakChecker(sockets=True).start()
+    try:
+        assert threading.Thread.start is not originals[0]
+        assert socket.socket.__init__ is not originals[2]
+        with pytest.raises(RuntimeError, match="already started"):
+            checker.start()
+    finally:
+        checker.stop()
+    assert (
+        threading.Thread.start,
+        concurrent.futures.ThreadPoolExecutor.__init__,
+        socket.socket.__init__,
+    ) == originals
+
+
+def test_owners_are_checked_separately_and_each_thread_reported_once(
+    checker: ThreadLeakChecker, idle: list[threading.Thread]
+) -> None:
+    for owner, thread in zip("ab", idle):
+        with checker.owned_by(owner):
+            thread.start()
+    assert [(leak.name, leak.owner) for leak in checker.check("a")] == [("one", "a")]
+    assert checker.check("a") == []  # already reported
+    assert checker.check("b", allow=None) == []  # every thread allowed
+    assert checker.owners() == []
+
+
+def test_nothing_is_tracked_without_an_owner_or_for_internal_threads(
+    checker: ThreadLeakChecker, idle: list[threading.Thread]
+) -> None:
+    idle[0].start()  # no owner set
+    with checker.owned_by("test"):
+        mark_internal(idle[1])
+        idle[1].start()
+    assert checker.check("test") == []
+    assert checker.owners() == []
+
+
+def test_pool_threads_belong_to_whoever_created_the_pool() -> None:
+    before = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="old-pool")
+    checker = ThreadLeakChecker(grace=0).start()
+    try:
+        with checker.owned_by("fixture"):
+            fixture_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fx")
+        with checker.owned_by("test"):
+            assert before.submit(sum, [1]).result(timeout=30) == 1
+            assert fixture_pool.submit(sum, [2]).result(timeout=30) == 2
+        assert checker.check("test") == []
+        assert [leak.name for leak in checker.check("fixture")] == ["fx_0"]
+    finally:
+        checker.stop()
+        before.shutdown()
+        fixture_pool.shutdown()
+
+
+def test_ignore_patterns_match_thread_names(stop: threading.Event) -> None:
+    thread = threading.Thread(target=stop.wait, args=(60,), name="heartbeat-1", daemon=True)
+    with ThreadLeakChecker(grace=0, ignore=[r"^heartbeat-\d+$"]):
+        thread.start()
+    stop.set()
+    thread.join(10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"grace": -1}, ValueError, "grace must be a number of seconds >= 0, got -1"),
+        ({"grace": "1"}, ValueError, "grace must be a number of seconds >= 0, got '1'"),
+        ({"ignore": "worker"}, TypeError, "ignore must be an iterable of regexes"),
+        ({"ignore": [3]}, TypeError, "ignore must be regular expressions"),
+        ({"ignore": ["("]}, ValueError, r"ignore: '\(' is not a valid regular expression"),
+    ],
+)
+def test_bad_arguments_name_the_parameter(
+    kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        ThreadLeakChecker(**kwargs)  # type: ignore[arg-type]
+
+
+def test_finished_threads_are_not_kept_alive_by_the_checker() -> None:
+    # In a fresh interpreter: with --thread-leak-check on this suite, the outer checker
+    # rightly holds this test's threads until the test's teardown.
+    script = textwrap.dedent(
+        """
+        import gc, threading, weakref
+        from pytest_netthreads.detect.threadleak import ThreadLeakChecker
+
+        checker = ThreadLeakChecker(grace=0).start()
+        with checker.owned_by("test"):
+            thread = threading.Thread(target=int, name="short")
+            thread.start()
+        thread.join(10)
+        assert checker.check("test") == []
+        ref = weakref.ref(thread)
+        del thread
+        gc.collect()
+        assert ref() is None, "the checker keeps a finished thread alive"
+        checker.stop()
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
