@@ -7,7 +7,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from pytest_netthreads import __version__  # noqa: E402
+from pytest_netthreads import __version__
 
 project = "pytest-netthreads"
 author = "pytest-netthreads developers"
