@@ -51,12 +51,15 @@ def _suite_seconds(fixture: str | None, n: int, extra: list[str], repeats: int) 
     return min(times)
 
 
+_OURS = ["-p", "no:localserver", "-p", "no:pytest_httpserver", "-p", "no:threadleak"]
 FIXTURES = [
     # (label, fixture, extra pytest args, number of tests)
-    ("netthreads echo_server (fresh per test)", "echo_server",
-     ["-p", "no:localserver", "-p", "no:pytest_httpserver"], 1000),
-    ("pytest-httpserver httpserver (reused)", "httpserver", ["-p", "no:localserver"], 1000),
-    ("pytest-localserver httpserver (fresh)", "httpserver", ["-p", "no:pytest_httpserver"], 20),
+    ("netthreads echo_server (fresh per test)", "echo_server", _OURS, 1000),
+    ("netthreads tls_echo_server (fresh per test)", "tls_echo_server", _OURS, 1000),
+    ("pytest-httpserver httpserver (reused)", "httpserver",
+     ["-p", "no:localserver", "-p", "no:threadleak"], 1000),
+    ("pytest-localserver httpserver (fresh)", "httpserver",
+     ["-p", "no:pytest_httpserver", "-p", "no:threadleak"], 20),
 ]
 
 
@@ -69,7 +72,7 @@ def fixture_costs(repeats: int, scale: float) -> list[dict[str, object]]:
         per_test_ms = (with_fixture - trivial) / n * 1000
         rows.append({"fixture": label, "tests": n, "suite_s": round(with_fixture, 3),
                      "trivial_s": round(trivial, 3), "per_test_ms": round(per_test_ms, 4)})
-        print(f"  {label:45s} {per_test_ms:9.3f} ms/test  ({n} tests)", flush=True)
+        print(f"  {label:47s} {per_test_ms:9.3f} ms/test  ({n} tests)", flush=True)
     return rows
 
 
@@ -118,7 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="shorter runs, fewer repeats")
     opts = parser.parse_args()
-    repeats = 1 if opts.quick else 3
+    repeats = 1 if opts.quick else 5
     print("per-test fixture cost (suite minus trivial suite):", flush=True)
     fixtures = fixture_costs(repeats, 0.3 if opts.quick else 1.0)
     print("echo throughput (load generator in its own process):", flush=True)
