@@ -57,6 +57,7 @@ Frame = tuple[str, int, str]
 _MAX_FRAMES = 40
 # Frames of the test runner are left out of start stacks: they say nothing about the test.
 _RUNNER_DIRS = (f"{os.sep}_pytest{os.sep}", f"{os.sep}pluggy{os.sep}")
+_RUNNER_FILES: dict[str, bool] = {}  # filename -> whether it is the runner's (a cache)
 # "Where" a thread or socket was started is the innermost frame of the caller's own code:
 # not the stdlib, installed packages (a client library opening its socket) or this kit.
 _LIBRARY_DIRS = tuple(
@@ -74,10 +75,14 @@ def capture_stack(frame: FrameType | None) -> tuple[Frame, ...]:
     Cheap: no source lines are read here (see :func:`format_stack`).
     """
     frames: list[Frame] = []
+    runner_files = _RUNNER_FILES
     while frame is not None and len(frames) < _MAX_FRAMES:
         code = frame.f_code
         filename = code.co_filename
-        if any(d in filename for d in _RUNNER_DIRS):
+        runner = runner_files.get(filename)
+        if runner is None:
+            runner = runner_files[filename] = any(d in filename for d in _RUNNER_DIRS)
+        if runner:
             break
         frames.append((filename, frame.f_lineno, code.co_name))
         frame = frame.f_back

@@ -390,8 +390,11 @@ class ThreadedServer:
         self._address: Address | None = None
         self._state = "new"
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._stopping = threading.Event()
+        # Made on first use: most fixture servers never see a waiter or a worker, and these
+        # two are a fifth of the cost of a server that nobody connects to.
+        self._changed_cond: threading.Condition | None = None
+        self._stop_event: threading.Event | None = None
+        self._stop_flag = False
         self._records: list[ConnectionRecord] = []
         # record -> [the socket (or native connection) serving it, its thread or future]
         self._live: dict[ConnectionRecord, list[Any]] = {}
@@ -400,6 +403,34 @@ class ThreadedServer:
         self._reported = 0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pool_threads: list[threading.Thread] = []
+
+    @property
+    def _changed(self) -> threading.Condition:
+        """Notified (under ``_lock``) whenever a connection opens or closes."""
+        cond = self._changed_cond
+        if cond is None:
+            # Creating it needs no lock: it only wraps ``_lock``; a race makes two equal ones,
+            # so the first one stored wins.
+            cond = threading.Condition(self._lock)
+            with self._lock:
+                if self._changed_cond is None:
+                    self._changed_cond = cond
+                cond = self._changed_cond
+        return cond
+
+    @property
+    def _stopping(self) -> threading.Event:
+        """Set when :meth:`stop` begins (``conn.stopping`` for handlers)."""
+        event = self._stop_event
+        if event is None:
+            new = threading.Event()
+            with self._lock:
+                if self._stop_event is None:
+                    if self._stop_flag:
+                        new.set()
+                    self._stop_event = new
+                event = self._stop_event
+        return event
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -484,7 +515,10 @@ class ThreadedServer:
         self._state = "stopping"
         timeout = self.stop_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        self._stopping.set()
+        with self._lock:
+            self._stop_flag = True
+            if self._stop_event is not None:
+                self._stop_event.set()
         reactor = self._reactor
         sock = self._sock
         with reactor.lock:
@@ -628,8 +662,9 @@ class ThreadedServer:
             n = sum(1 for r in self._records if r.closed) if closed else len(self._records)
             return n >= count
 
-        with self._changed:
-            if not self._changed.wait_for(ready, timeout):
+        changed = self._changed
+        with changed:
+            if not changed.wait_for(ready, timeout):
                 seen = sum(1 for r in self._records if r.closed)
                 raise TimeoutError(
                     f"server {self.name}: waited {timeout:g}s for {count} "
@@ -668,7 +703,8 @@ class ThreadedServer:
                 opened_at=time.time(),
             )
             self._records.append(record)
-            self._changed.notify_all()
+            if self._changed_cond is not None:
+                self._changed_cond.notify_all()
         if self.concurrency == "selector":
             raw = socket.socket(self._family, socket.SOCK_STREAM, 0, fileno=fd)
             raw.setblocking(False)
@@ -727,7 +763,7 @@ class ThreadedServer:
         record.thread_name = threading.current_thread().name
         how: HowClosed | None = None
         try:
-            if self._stopping.is_set():
+            if self._stop_flag:
                 how = "server-stop"
                 return
             conn = self._prepare(conn)
@@ -763,7 +799,7 @@ class ThreadedServer:
         if isinstance(exc, TLSHandshakeFailed):
             record.error = str(exc)
             return "handshake-failed"
-        if self._stopping.is_set() and isinstance(exc, (OSError, ValueError)):
+        if self._stop_flag and isinstance(exc, (OSError, ValueError)):
             # The server shut the connection down under the handler: not the handler's bug.
             return "server-stop"
         if self.ignore_disconnects and isinstance(exc, _DISCONNECTS):
@@ -785,7 +821,7 @@ class ThreadedServer:
             if how is None:
                 how = record.how_closed  # a handler may have said how it closed
             if how is None:
-                if self._stopping.is_set():
+                if self._stop_flag:
                     how = "server-stop"
                 else:
                     how = "peer-eof" if record.saw_eof else "handler"
@@ -795,7 +831,8 @@ class ThreadedServer:
             current = threading.current_thread()
             if current in self._threads:
                 self._threads.remove(current)
-            self._changed.notify_all()
+            if self._changed_cond is not None:
+                self._changed_cond.notify_all()
 
     def __repr__(self) -> str:
         return f"<ThreadedServer {self.name} {self._state} concurrency={self.concurrency}>"
