@@ -36,10 +36,12 @@ class _StdlibEcho(socketserver.BaseRequestHandler):
 
 
 def run_stdlib() -> None:
-    socketserver.ThreadingTCPServer.allow_reuse_address = True
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _StdlibEcho)
-    server.daemon_threads = True
-    server.request_queue_size = 1024
+    class Server(socketserver.ThreadingTCPServer):
+        allow_reuse_address = True
+        daemon_threads = True
+        request_queue_size = 1024  # listen()'s backlog: read in __init__, so set on the class
+
+    server = Server(("127.0.0.1", 0), _StdlibEcho)
     thread = threading.Thread(target=server.serve_forever)
     thread.start()
     print(server.server_address[1], flush=True)
