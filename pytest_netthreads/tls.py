@@ -34,7 +34,7 @@ import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Union, get_args
 
 import trustme
 from cryptography import x509
@@ -65,15 +65,7 @@ CA, one the client does not trust. ``self-signed``: a self-signed leaf certifica
 ``missing-intermediate``: the ``valid`` certificate served without its intermediate.
 """
 
-PRESETS: tuple[Preset, ...] = (
-    "valid",
-    "expired",
-    "not-yet-valid",
-    "wrong-host",
-    "untrusted",
-    "self-signed",
-    "missing-intermediate",
-)
+PRESETS: tuple[Preset, ...] = get_args(Preset)
 
 VERIFY_CODES: Mapping[Preset, frozenset[int]] = {
     # OpenSSL X509_V_ERR_* numbers, as found in ssl.SSLCertVerificationError.verify_code.
