@@ -1,16 +1,29 @@
 """Fault proxy benchmark: ratios measured side by side in one run.
 
-    python bench/bench_faults.py            # about a minute; prints a table (and --json)
+    python bench/bench_faults.py --rounds 5   # a few minutes; prints a table (and --json)
 
-Three processes: the echo server (the kit's selector echo) in one, the FaultProxy in this
-one, and the load generator in a third, so the client's work is not charged to the proxy.
-Each figure is the median of a few rounds, direct and proxied rounds alternating, so that
-noise on a shared machine hits both sides alike.
+The load generator always runs in a process of its own, so the client's work is not charged
+to the proxy; the proxy runs in this process. The echo server (the kit's selector echo, what
+the ``echo_server`` fixture starts) is measured in two places, each against a direct
+connection to the same server:
+
+- in a process of its own, as a real server (Redis, say) would be;
+- in this process, beside the proxy, as ``fault_proxy(echo_server)`` runs in a test (the
+  proxy and the server then share the kit's event loop thread).
+
+Each figure is the median of ``--rounds`` rounds, direct and proxied runs alternating, so
+that noise on a shared machine hits both sides alike; each ratio is the median of the
+per-round ratios.
 
 - bulk throughput: one connection, a sender thread and a receiver, ``--bulk-mb`` each way;
-- round trips: one client, 64-byte request, wait for the echo, repeat for ``--seconds``;
+  the round's ratio is the proxied run's over the direct run's just before it;
+- round trips: one client, 64-byte request, wait for the echo, repeat; the client holds a
+  direct and a proxied connection and uses them in turn for slices of 100 round trips, for
+  ``2 * --seconds`` in all; the round's ratio is the median of the per-slice ratios;
 - Bandwidth(r): the downstream rate a client measures, for r from 10 kB/s to 50 MB/s;
 - Latency(d): the extra round-trip time over a no-fault proxy, for d from 10 to 250 ms.
+
+Results go to stdout and ``bench/results/faults.json``. ``--quick`` runs shorter.
 """
 
 from __future__ import annotations
@@ -24,9 +37,12 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+HERE = Path(__file__).resolve().parent
 
 
 # -- child processes ------------------------------------------------------------------------
@@ -106,7 +122,57 @@ def client(mode: str, port: int, arg: float) -> dict[str, float]:
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def run_client(mode: str, port: int, arg: float) -> dict[str, float]:
+_SLICE = 100  # round trips in one slice of rtt_pair()
+
+
+def rtt_pair(direct_port: int, proxy_port: int, seconds: float) -> dict[str, float]:
+    """One client, a direct and a proxied connection, used in turn for slices of round trips.
+
+    Both paths get the same client process, message and moment: a burst of other work on a
+    shared machine falls on one slice of each, and the median of the per-slice ratios leaves
+    it out. The order within a slice pair alternates.
+    """
+    socks = [
+        socket.create_connection(("127.0.0.1", port), timeout=60)
+        for port in (direct_port, proxy_port)
+    ]
+    payload = b"r" * 64
+    buf = bytearray(64)
+
+    def burst(sock: socket.socket, n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            sock.sendall(payload)
+            _recv_exactly(sock, 64, buf)
+        return time.perf_counter() - started
+
+    try:
+        for sock in socks:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            burst(sock, 50)  # warm up
+        spent = [0.0, 0.0]
+        ratios = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline or len(ratios) < 10:
+            took = [0.0, 0.0]
+            for i in (0, 1) if len(ratios) % 2 == 0 else (1, 0):
+                took[i] = burst(socks[i], _SLICE)
+            spent[0] += took[0]
+            spent[1] += took[1]
+            ratios.append(took[0] / took[1])  # proxied rate over direct rate
+    finally:
+        for sock in socks:
+            sock.close()
+    n = len(ratios) * _SLICE
+    return {
+        "direct_per_s": n / spent[0],
+        "proxy_per_s": n / spent[1],
+        "ratio": statistics.median(ratios),
+        "slices": len(ratios),
+    }
+
+
+def run_client(mode: str, port: int | str, arg: float) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "client", mode, str(port), str(arg)],
         check=True,
@@ -121,14 +187,46 @@ def run_client(mode: str, port: int, arg: float) -> dict[str, float]:
 # -- the benchmark ----------------------------------------------------------------------------
 
 
+def direct_and_proxied(
+    direct_port: int, proxy_port: int, rounds: int, bulk_mb: float, seconds: float
+) -> dict[str, Any]:
+    """Bulk and round-trip figures, direct and proxied runs alternating."""
+    runs: dict[str, list[float]] = {k: [] for k in ("db", "pb", "dr", "pr", "rr")}
+    for _ in range(rounds):
+        runs["db"].append(run_client("bulk", direct_port, bulk_mb)["mb_per_s"])
+        runs["pb"].append(run_client("bulk", proxy_port, bulk_mb)["mb_per_s"])
+        pair = run_client("rtt-pair", f"{direct_port},{proxy_port}", 2 * seconds)
+        runs["dr"].append(pair["direct_per_s"])
+        runs["pr"].append(pair["proxy_per_s"])
+        runs["rr"].append(pair["ratio"])
+
+    def row(direct: list[float], proxy: list[float], ratios: list[float]) -> dict[str, Any]:
+        return {
+            "direct": statistics.median(direct),
+            "proxy": statistics.median(proxy),
+            "ratio": statistics.median(ratios),
+            "ratios": ratios,
+        }
+
+    bulk_ratios = [p / d for d, p in zip(runs["db"], runs["pb"])]
+    return {
+        "bulk_mb_per_s": row(runs["db"], runs["pb"], bulk_ratios),
+        "round_trips_per_s": row(runs["dr"], runs["pr"], runs["rr"]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bulk-mb", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--quick", action="store_true", help="shorter runs, one round")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.bulk_mb, args.seconds = 1, 50.0, 0.5
 
+    from pytest_netthreads import ThreadedServer, handlers
     from pytest_netthreads.faults import Bandwidth, FaultProxy, Latency
 
     echo = subprocess.Popen(
@@ -137,26 +235,15 @@ def main() -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"rounds": args.rounds}
     try:
         assert echo.stdout is not None and echo.stdin is not None
         echo_port = int(echo.stdout.readline())
         target = ("127.0.0.1", echo_port)
         with FaultProxy(target, seed=1) as proxy:
-            direct_bulk, proxy_bulk, direct_rtt, proxy_rtt = [], [], [], []
-            for _ in range(args.rounds):
-                direct_bulk.append(run_client("bulk", echo_port, args.bulk_mb)["mb_per_s"])
-                proxy_bulk.append(run_client("bulk", proxy.port, args.bulk_mb)["mb_per_s"])
-                direct_rtt.append(run_client("rtt", echo_port, args.seconds)["per_s"])
-                proxy_rtt.append(run_client("rtt", proxy.port, args.seconds)["per_s"])
-            results["bulk_mb_per_s"] = {
-                "direct": statistics.median(direct_bulk),
-                "proxy": statistics.median(proxy_bulk),
-            }
-            results["round_trips_per_s"] = {
-                "direct": statistics.median(direct_rtt),
-                "proxy": statistics.median(proxy_rtt),
-            }
+            results["target_in_own_process"] = direct_and_proxied(
+                echo_port, proxy.port, args.rounds, args.bulk_mb, args.seconds
+            )
             bandwidth = []
             for rate in (10e3, 100e3, 1e6, 10e6, 50e6):
                 size = max(20_000, int(rate * 1.0))  # about a second of data at that rate
@@ -189,12 +276,27 @@ def main() -> None:
         if echo.stdout is not None:
             echo.stdout.close()
 
-    bulk, rtt = results["bulk_mb_per_s"], results["round_trips_per_s"]
-    print(f"{'measure':<34}{'direct':>12}{'proxy':>12}{'ratio':>8}")
-    print(f"{'bulk throughput (MB/s)':<34}{bulk['direct']:>12.1f}{bulk['proxy']:>12.1f}"
-          f"{bulk['proxy'] / bulk['direct']:>8.2f}")
-    print(f"{'one-client round trips (/s)':<34}{rtt['direct']:>12.0f}{rtt['proxy']:>12.0f}"
-          f"{rtt['proxy'] / rtt['direct']:>8.2f}")
+    with ThreadedServer(handlers.echo, concurrency="selector") as server, FaultProxy(
+        server, seed=1
+    ) as proxy:
+        results["target_in_proxy_process"] = direct_and_proxied(
+            server.port, proxy.port, args.rounds, args.bulk_mb, args.seconds
+        )
+
+    print(f"{'measure':<34}{'direct':>12}{'proxy':>12}{'ratio':>8}   per round")
+    for key, title in (
+        ("target_in_own_process", "echo server in its own process"),
+        ("target_in_proxy_process", "echo server in the proxy's process"),
+    ):
+        print(title)
+        for name, label, fmt in (
+            ("bulk_mb_per_s", "  bulk throughput (MB/s)", ".1f"),
+            ("round_trips_per_s", "  one-client round trips (/s)", ".0f"),
+        ):
+            row = results[key][name]
+            each = " ".join(f"{r:.2f}" for r in row["ratios"])
+            print(f"{label:<34}{row['direct']:>12{fmt}}{row['proxy']:>12{fmt}}"
+                  f"{row['ratio']:>8.2f}   {each}")
     print()
     print(f"{'Bandwidth set (B/s)':<34}{'measured':>12}{'ratio':>8}")
     for row in results["bandwidth"]:
@@ -203,6 +305,9 @@ def main() -> None:
     print(f"{'Latency set (ms)':<34}{'added (ms)':>12}{'error (ms)':>12}")
     for row in results["latency"]:
         print(f"{row['set'] * 1e3:<34.0f}{row['measured'] * 1e3:>12.1f}{row['error'] * 1e3:>12.1f}")
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "faults.json").write_text(json.dumps(results, indent=2))
     if args.json:
         print(json.dumps(results, indent=2))
 
@@ -210,6 +315,9 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "echo":
         serve_echo()
+    elif len(sys.argv) > 1 and sys.argv[1] == "client" and sys.argv[2] == "rtt-pair":
+        direct, proxied = (int(p) for p in sys.argv[3].split(","))
+        print(json.dumps(rtt_pair(direct, proxied, float(sys.argv[4]))))
     elif len(sys.argv) > 1 and sys.argv[1] == "client":
         print(json.dumps(client(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))))
     else:

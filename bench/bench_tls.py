@@ -44,18 +44,26 @@ SUITES: dict[str, str] = {
 
 
 CONFTEST = """
-import os, time
+import os, statistics, time
 import pytest
 
 _start = []
+_per_test = {}
 
 def pytest_sessionstart(session):
     _start.extend((time.perf_counter(), time.process_time()))
 
+def pytest_runtest_logreport(report):
+    _per_test[report.nodeid] = _per_test.get(report.nodeid, 0.0) + report.duration
+
 @pytest.hookimpl(trylast=True)  # after the session-scoped fixtures were torn down
 def pytest_sessionfinish(session):
+    durations = list(_per_test.values())
     with open(os.environ["BENCH_TLS_OUT"], "w") as f:
-        f.write(f"{time.perf_counter() - _start[0]!r} {time.process_time() - _start[1]!r}")
+        f.write(
+            f"{time.perf_counter() - _start[0]!r} {time.process_time() - _start[1]!r} "
+            f"{statistics.median(durations)!r}"
+        )
 """
 
 
@@ -66,10 +74,12 @@ def write_suite(directory: str, name: str, count: int) -> str:
     return path
 
 
-def run_suite(directory: str, path: str, expected: int) -> tuple[float, float]:
+def run_suite(directory: str, path: str, expected: int) -> tuple[float, float, float, float]:
     """Wall and CPU seconds (all threads) from session start to the end of session teardown
-    (interpreter start-up excluded)."""
+    (interpreter start-up excluded); the median test's set-up + call + teardown seconds; the
+    whole process's wall seconds (interpreter start-up and plugin imports included)."""
     out = os.path.join(directory, "elapsed.txt")
+    started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", "pytest.ini", path],
         cwd=directory,
@@ -79,18 +89,23 @@ def run_suite(directory: str, path: str, expected: int) -> tuple[float, float]:
         timeout=600,
         check=False,
     )
+    process = time.perf_counter() - started
     if proc.returncode != 0 or f"{expected} passed" not in proc.stdout:
         raise RuntimeError(f"suite {path} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     with open(out) as f:
-        wall, cpu = f.read().split()
-    return float(wall), float(cpu)
+        wall, cpu, median = f.read().split()
+    return float(wall), float(cpu), float(median), process
 
 
-def fixture_costs(tests: int, reps: int) -> list[tuple[str, int, float, float]]:
-    """(suite, tests, wall ms, CPU ms) per test over the trivial suite of the same size."""
+Row = tuple[str, int, float, float, float, float]
+
+
+def fixture_costs(tests: int, reps: int) -> list[Row]:
+    """Per test, over the trivial suite of the same size, in ms: (suite, tests, session wall,
+    session CPU, median test, process wall)."""
     sizes = {name: tests for name in SUITES}
     sizes["localserver httpsserver"] = 20
-    times: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    times: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as directory:
         with open(os.path.join(directory, "pytest.ini"), "w") as f:
             f.write("[pytest]\n")
@@ -101,16 +116,34 @@ def fixture_costs(tests: int, reps: int) -> list[tuple[str, int, float, float]]:
         for _ in range(reps):
             for (name, n), path in paths.items():
                 times.setdefault((name, n), []).append(run_suite(directory, path, n))
-    wall = {key: statistics.median(w for w, _ in values) for key, values in times.items()}
-    cpu = {key: statistics.median(c for _, c in values) for key, values in times.items()}
-    base = ("trivial", tests)
-    rows = [("trivial", tests, wall[base] / tests * 1e3, cpu[base] / tests * 1e3)]
+    med = {
+        key: tuple(statistics.median(v[i] for v in values) for i in range(4))
+        for key, values in times.items()
+    }
+    base = med[("trivial", tests)]
+    rows: list[Row] = [
+        (
+            "trivial",
+            tests,
+            base[0] / tests * 1e3,
+            base[1] / tests * 1e3,
+            base[2] * 1e3,
+            base[3] / tests * 1e3,
+        )
+    ]
     for name in SUITES:
         if name != "trivial":
-            key, ref = (name, sizes[name]), ("trivial", sizes[name])
             n = sizes[name]
+            got, ref = med[(name, n)], med[("trivial", n)]
             rows.append(
-                (name, n, (wall[key] - wall[ref]) / n * 1e3, (cpu[key] - cpu[ref]) / n * 1e3)
+                (
+                    name,
+                    n,
+                    (got[0] - ref[0]) / n * 1e3,
+                    (got[1] - ref[1]) / n * 1e3,
+                    (got[2] - ref[2]) * 1e3,
+                    (got[3] - ref[3]) / n * 1e3,
+                )
             )
     return rows
 
@@ -183,12 +216,15 @@ def main() -> None:
         parser.error("--tests must be >= 10, --reps and --handshakes >= 1")
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; medians of {args.reps} runs")
-    print("\nPer-test cost of each fixture: session time (set-up and teardown included)")
-    print("over the trivial suite's of the same size, divided by the number of tests:")
-    print(f"{'suite':<36}{'tests':>7}{'wall ms':>10}{'CPU ms':>10}")
-    for name, n, wall_ms, cpu_ms in fixture_costs(args.tests, args.reps):
+    print("\nPer-test cost of each fixture over the trivial suite of the same size, ms:")
+    print("  session: session time (one-off set-up such as importing trustme and making the")
+    print("           CA included) / tests;  median test: the median test's set-up + call +")
+    print("           teardown (one-offs excluded);  process: the whole process's wall time")
+    print("           (interpreter start-up and every plugin's imports included) / tests")
+    print(f"{'suite':<36}{'tests':>7}{'session':>9}{'CPU':>8}{'median':>8}{'process':>9}")
+    for name, n, wall_ms, cpu_ms, median_ms, process_ms in fixture_costs(args.tests, args.reps):
         label = "trivial tests (absolute, no fixture)" if name == "trivial" else name
-        print(f"{label:<36}{n:>7}{wall_ms:>10.3f}{cpu_ms:>10.3f}")
+        print(f"{label:<36}{n:>7}{wall_ms:>9.3f}{cpu_ms:>8.3f}{median_ms:>8.3f}{process_ms:>9.3f}")
 
     with CertificateAuthority() as ca:
         rows = round_trips(ca, args.handshakes)

@@ -1,13 +1,15 @@
 """A small, realistic client library for the key-value reference server.
 
 It is what the example suite tests: a connection pool shared by threads, timeouts on every
-socket operation, and retries of idempotent commands on a fresh connection when the server
-resets or closes one. Protocol: see ``pytest_netthreads.handlers.KeyValue``.
+socket operation, retries of idempotent commands on a fresh connection when the server
+resets or closes one, and TLS (with a client certificate for mutual TLS) when given an
+``ssl.SSLContext``. Protocol: see ``pytest_netthreads.handlers.KeyValue``.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,9 +22,21 @@ class KVError(Exception):
 class KVConnection:
     """One connection; reads replies line by line through a buffered file."""
 
-    def __init__(self, address: tuple[str, int], timeout: float) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(
+        self, address: tuple[str, int], timeout: float,
+        ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+    ) -> None:
+        sock = socket.create_connection(address, timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ssl_context is not None:
+                sock = ssl_context.wrap_socket(
+                    sock, server_hostname=server_hostname or address[0]
+                )
+        except BaseException:
+            sock.close()  # a failed handshake must not leave the socket open
+            raise
+        self.sock = sock
         self.rfile = self.sock.makefile("rb")
 
     def request(self, line: str) -> str:
@@ -46,15 +60,28 @@ class KVClient:
         pool_size: connections kept for reuse.
         retries: how many times an idempotent command (GET, SET, DEL) is retried on a new
             connection after a reset or a close.
+        ssl_context: speak TLS with this client context (it decides the trusted CAs and
+            whether a client certificate is presented).
+        server_hostname: the name to verify the server's certificate against; default the
+            address's host.
     """
 
     def __init__(
         self, address: tuple[str, int], *, timeout: float = 5.0, pool_size: int = 4,
-        retries: int = 2,
+        retries: int = 2, ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ValueError(f"pool_size must be an int >= 1, got {pool_size!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
         self.address = address
         self.timeout = timeout
         self.retries = retries
+        self.ssl_context = ssl_context
+        self.server_hostname = server_hostname
         self._idle: list[KVConnection] = []
         self._slots = threading.BoundedSemaphore(pool_size)
         self._lock = threading.Lock()
@@ -68,7 +95,9 @@ class KVClient:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
-                conn = KVConnection(self.address, self.timeout)
+                conn = KVConnection(
+                    self.address, self.timeout, self.ssl_context, self.server_hostname
+                )
             try:
                 yield conn
             except BaseException:

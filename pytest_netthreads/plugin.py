@@ -6,6 +6,8 @@ usable without it.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,7 @@ from .detect.lockorder import LockOrderChecker
 from .detect.socketleak import format_socket_leaks
 from .detect.threadleak import ThreadLeakChecker, compile_patterns, format_thread_leaks
 from .faults import FaultProxy, ProxyError, SocketFaults
-from .servers import ThreadedServer
+from .servers import ServerError, ThreadedServer
 from .servers._reactor import shutdown_reactor_if_idle
 from .servers.factory import ServerFactory
 
@@ -56,10 +58,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # Each feature registers its markers here, and, only when it is switched on, an object
     # holding its hook implementations (config.pluginmanager.register), so that a feature
     # that is off costs nothing per test.
+    _configure_summary(config)
     _configure_thread_leak(config)
     _configure_faults(config)
     _configure_deadlock(config)
-    del config
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -67,16 +69,121 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     shutdown_reactor_if_idle()
 
 
+# -- one summary of the run ------------------------------------------------------------------
+
+# What the detectors and faults found in a test travels as the test's ``user_properties``
+# (named ``netthreads_<kind>``): JUnit XML writes them as ``<property>`` elements, xdist
+# carries them from the workers, and the summary below reads them from the teardown reports.
+_PROPERTY_PREFIX = "netthreads_"
+_SUMMARY_PLUGIN_NAME = "netthreads-summary"
+_SUMMARY_KINDS = {
+    "thread_leak": "thread leaks",
+    "socket_leak": "socket leaks",
+    "deadlock": "deadlocks (wait-for cycles)",
+    "hang": "hangs (still running at the deadline)",
+    "lock_order": "lock-order inversions (potential deadlocks)",
+    "fault_seed": "fault seeds of failed tests (replay with --fault-seed)",
+}
+
+
+def _record(item: pytest.Item, kind: str, value: str) -> None:
+    """Record a finding on ``item``: a JUnit XML property and a line of the summary."""
+    assert kind in _SUMMARY_KINDS, kind
+    entry = (_PROPERTY_PREFIX + kind, value)
+    if entry not in item.user_properties:
+        item.user_properties.append(entry)
+
+
+class _Summary:
+    """Collects the findings of every test, and prints one section at the end of the run."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, list[tuple[str, str]]] = {kind: [] for kind in _SUMMARY_KINDS}
+        self.outside: list[str] = []  # full reports from outside any test
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "teardown":  # the teardown report carries all three phases'
+            return
+        for name, value in report.user_properties:
+            if isinstance(name, str) and name.startswith(_PROPERTY_PREFIX):
+                kind = name[len(_PROPERTY_PREFIX) :]
+                if kind in self.found:
+                    self.found[kind].append((report.nodeid, str(value)))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not (self.outside or any(self.found.values())):
+            return
+        bad = self.outside or any(v for k, v in self.found.items() if k != "fault_seed")
+        terminalreporter.section("pytest-netthreads", red=bool(bad), yellow=not bad)
+        root = f"{terminalreporter.config.rootpath}{os.sep}"  # paths shown relative to it
+        for kind, title in _SUMMARY_KINDS.items():
+            entries = self.found[kind]
+            if not entries:
+                continue
+            terminalreporter.write_line(f"{title}: {len(entries)}")
+            for nodeid, value in entries:
+                terminalreporter.write_line(f"  {nodeid}: {value.replace(root, '')}")
+        if self.outside:
+            terminalreporter.write_line(f"found outside any test: {len(self.outside)}")
+            for text in self.outside:
+                terminalreporter.write_line(text)
+
+
+def _configure_summary(config: pytest.Config) -> None:
+    config.pluginmanager.register(_Summary(), _SUMMARY_PLUGIN_NAME)
+
+
+def _summary(config: pytest.Config) -> _Summary:
+    summary = config.pluginmanager.get_plugin(_SUMMARY_PLUGIN_NAME)
+    assert isinstance(summary, _Summary)
+    return summary
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0]
+
+
+def _deadlock_line(report: DeadlockReport) -> str:
+    if report.kind == "cycle":  # "thread 'a' waits for <lock created at f:l>", one per thread
+        waits = [ln.strip() for ln in report.text.splitlines() if ln.startswith("  thread ")]
+        return f"wait-for cycle of {len(waits)} threads: " + "; ".join(waits)
+    line = _first_line(report.text)
+    if report.label:
+        line = line.replace(f" {report.label} ", " ", 1)
+    return line
+
+
 # -- server ownership ---------------------------------------------------------------------
 
 
-def _own(request: pytest.FixtureRequest, server: ThreadedServer) -> None:
-    node = request.node
+# The tests being run, innermost last (pytester can run a session inside a test). The
+# per-test server fixtures find their test here rather than by asking for ``request``, for
+# which pytest builds a fresh fixture definition on every use: about 0.1 ms a test, half of
+# what a fresh server costs.
+_RUNNING: list[pytest.Item] = []
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    _RUNNING.append(item)
+    try:
+        return (yield)
+    finally:
+        _RUNNING.remove(item)
+
+
+def _own(node: pytest.Item | pytest.Collector | None, server: ThreadedServer) -> None:
+    """Make ``server`` the test's: its handler errors fail the test after the call phase."""
+    if node is None:
+        if not _RUNNING:
+            return
+        node = _RUNNING[-1]
     owned = node.stash.get(_OWNED_SERVERS, None)
     if owned is None:
         owned = node.stash[_OWNED_SERVERS] = []
     owned.append(server)
-    request.config.hook.pytest_netthreads_server_started(server=server, item=node)
+    node.config.hook.pytest_netthreads_server_started(server=server, item=node)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -86,23 +193,35 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     finally:
         owned = item.stash.get(_OWNED_SERVERS, None)
         if owned:
-            for server in owned:
-                server.check()
+            with _server_errors_fail():
+                for server in owned:
+                    server.check()
+
+
+@contextlib.contextmanager
+def _server_errors_fail() -> Iterator[None]:
+    """Fail the test with a server's own report (its handlers' tracebacks, the stuck
+    threads' stacks), not with a traceback through this plugin's teardown code."""
+    try:
+        yield
+    except ServerError as exc:
+        raise pytest.fail.Exception(f"{type(exc).__name__}: {exc}", pytrace=False) from None
 
 
 # -- server fixtures ------------------------------------------------------------------------
 
 
 @pytest.fixture
-def echo_server(request: pytest.FixtureRequest) -> Iterator[ThreadedServer]:
+def echo_server() -> Iterator[ThreadedServer]:
     """A started TCP echo server on loopback (a fresh one per test).
 
     ``echo_server.address`` is a ``(host, port)`` tuple; ``.host`` and ``.port`` too.
     """
     server = ThreadedServer(handlers.echo, concurrency="selector").start()
-    _own(request, server)
+    _own(None, server)
     yield server
-    server.stop()
+    with _server_errors_fail():
+        server.stop()
 
 
 @pytest.fixture
@@ -118,9 +237,10 @@ def server_factory(request: pytest.FixtureRequest) -> Iterator[ServerFactory]:
         context: ssl.SSLContext = request.getfixturevalue("tls_ca").server_context()
         return context
 
-    factory = ServerFactory(tls_context=tls_context, on_start=lambda s: _own(request, s))
+    factory = ServerFactory(tls_context=tls_context, on_start=lambda s: _own(request.node, s))
     yield factory
-    factory.stop_all()
+    with _server_errors_fail():
+        factory.stop_all()
 
 
 # -- TLS ------------------------------------------------------------------------------------
@@ -175,17 +295,16 @@ def tls_client_context(tls_ca: CertificateAuthority) -> ssl.SSLContext:
 
 
 @pytest.fixture
-def tls_echo_server(
-    request: pytest.FixtureRequest, tls_ca: CertificateAuthority
-) -> Iterator[ThreadedServer]:
+def tls_echo_server(tls_ca: CertificateAuthority) -> Iterator[ThreadedServer]:
     """A started TLS echo server on loopback (a fresh one per test), certificate from the
     session CA valid for ``localhost`` and ``127.0.0.1``. ``.address``, ``.host``, ``.port``
     and ``.connections`` (with ``record.tls``) as for ``echo_server``.
     """
     server = ThreadedServer(handlers.echo, ssl_context=tls_ca.server_context()).start()
-    _own(request, server)
+    _own(None, server)
     yield server
-    server.stop()
+    with _server_errors_fail():
+        server.stop()
 
 
 # -- thread-leak check ----------------------------------------------------------------------
@@ -309,6 +428,7 @@ class _ThreadLeakPlugin:
         self._scope_owners: dict[object, _LeakOwner] = {}
         self._ended: list[_LeakOwner] = []
         self._reports: list[str] = []
+        self._found: list[tuple[str, str]] = []  # (kind, summary line) for _record
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -325,10 +445,10 @@ class _ThreadLeakPlugin:
             result = yield
         except BaseException as exc:
             self.checker.set_owner(None)
-            self._check_owners(owners, in_flight=exc)
+            self._check_owners(item, owners, in_flight=exc)
             raise
         self.checker.set_owner(None)
-        self._check_owners(owners, in_flight=None)
+        self._check_owners(item, owners, in_flight=None)
         return result
 
     @pytest.hookimpl(wrapper=True)
@@ -353,7 +473,9 @@ class _ThreadLeakPlugin:
         if owner is not None and self.checker.has_records(owner):
             self._ended.append(owner)
 
-    def _check_owners(self, owners: list[_LeakOwner], in_flight: BaseException | None) -> None:
+    def _check_owners(
+        self, item: pytest.Item, owners: list[_LeakOwner], in_flight: BaseException | None
+    ) -> None:
         if self._ended:
             owners = owners + self._ended
             self._ended = []
@@ -373,26 +495,56 @@ class _ThreadLeakPlugin:
                     hook.pytest_netthreads_socket_leaks(
                         config=self.config, node=owner.node, owner=owner.label, leaks=sockets
                     )
+        found, self._found = self._found, []
+        for kind, line in found:
+            _record(item, kind, line)
         reports, self._reports = self._reports, []
         if not reports:
             return
         text = "\n\n".join(reports)
-        if in_flight is not None and hasattr(in_flight, "add_note"):
-            in_flight.add_note(text)  # keep the teardown's own error; the leaks come after it
-            return
+        if in_flight is not None and _add_note(in_flight, text):
+            return  # the teardown's own error is kept; the leaks come after it
         pytest.fail(text, pytrace=False)
 
     @pytest.hookimpl(trylast=True)
     def pytest_netthreads_thread_leaks(self, owner: str, leaks: list[LeakedThread]) -> object:
         if leaks:
             self._reports.append(format_thread_leaks(owner, leaks, self.checker.grace))
+            self._found += [("thread_leak", _leak_line(owner, leak)) for leak in leaks]
         return True
 
     @pytest.hookimpl(trylast=True)
     def pytest_netthreads_socket_leaks(self, owner: str, leaks: list[LeakedSocket]) -> object:
         if leaks:
             self._reports.append(format_socket_leaks(owner, leaks))
+            self._found += [
+                ("socket_leak", f"{_by(owner)}{leak.description}, created at {leak.created_at}")
+                for leak in leaks
+            ]
         return True
+
+
+def _add_note(exc: BaseException, text: str) -> bool:
+    """``exc.add_note(text)``; on Python 3.10 the ``__notes__`` list that pytest shows too."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(text)
+        return True
+    try:
+        notes = list(getattr(exc, "__notes__", ()))
+        exc.__notes__ = [*notes, text]  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        return False
+    return True
+
+
+def _by(owner: str) -> str:
+    # A test's own leaks are listed under its node id; a wider fixture's are named.
+    return "" if "-scoped fixture " not in owner else f"[{owner}] "
+
+
+def _leak_line(owner: str, leak: LeakedThread) -> str:
+    daemon = ", daemon" if leak.daemon else ""
+    return f"{_by(owner)}{leak.name!r} ({leak.target}{daemon}), started at {leak.started_at}"
 
 
 # -- faults ---------------------------------------------------------------------------------
@@ -454,6 +606,9 @@ class _FaultsPlugin:
                 text = proxy.format_log()
                 text += f"\nreplay with: pytest --fault-seed={proxy.seed} (or seed={proxy.seed})"
                 report.sections.append((f"fault proxy {proxy.name} ({report.when})", text))
+                _record(item, "fault_seed", f"{proxy.name} seed={proxy.seed}")
+            if report.when == "teardown":  # made before this; the summary reads this one
+                report.user_properties = list(item.user_properties)
         return report
 
 
@@ -601,7 +756,6 @@ class _DeadlockPlugin:
             else None
         )
         self.checker = LockOrderChecker() if lock_order else None
-        self.outside: list[str] = []  # reports from outside any test, for the summary
 
     def start(self) -> None:
         if self.checker is not None:
@@ -684,8 +838,9 @@ class _DeadlockPlugin:
         self, item: pytest.Item | None, report: DeadlockReport
     ) -> object | None:
         if item is None:
-            self.outside.append(report.text)
+            _summary(self.config).outside.append(report.text)
             return True
+        _record(item, "deadlock" if report.kind == "cycle" else "hang", _deadlock_line(report))
         pytest.fail(report.text, pytrace=False)
 
     @pytest.hookimpl(trylast=True)
@@ -693,8 +848,9 @@ class _DeadlockPlugin:
         self, item: pytest.Item | None, report: LockOrderReport
     ) -> object | None:
         if item is None:
-            self.outside.append(report.text)
+            _summary(self.config).outside.append(report.text)
             return True
+        _record(item, "lock_order", _first_line(report.text))
         pytest.fail(report.text, pytrace=False)
 
     @pytest.hookimpl(wrapper=True)
@@ -715,9 +871,6 @@ class _DeadlockPlugin:
             if self.detector is not None:
                 self.detector.disarm()
 
-    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        self._collect(None)
-        if self.outside:
-            terminalreporter.section("deadlock detectors: found outside any test", red=True)
-            for text in self.outside:
-                terminalreporter.write_line(text)
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_terminal_summary(self) -> None:
+        self._collect(None)  # what is left goes to the one summary (printed after this)

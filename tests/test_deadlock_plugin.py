@@ -228,7 +228,7 @@ def test_the_marker_sets_the_timeout_and_turns_the_detector_on(
 
         @pytest.mark.deadlock_timeout(0.5)
         def test_hangs():
-            assert threading.Lock is not _thread.allocate_lock  # tracking is on
+            assert type(threading.Lock()) is not _thread.LockType  # tracking is on
             time.sleep(600)
 
         @pytest.mark.deadlock_timeout(seconds=0)
@@ -248,7 +248,9 @@ def test_off_means_untouched_threading(pytester: pytest.Pytester) -> None:
         import _thread
 
         def test_plain():
-            assert threading.Lock is _thread.allocate_lock
+            # a function before Python 3.13, the lock type since
+            assert threading.Lock in (_thread.allocate_lock, _thread.LockType)
+            assert type(threading.Lock()) is _thread.LockType
             assert not any(t.name == "netthreads-watchdog" for t in threading.enumerate())
         """
     )

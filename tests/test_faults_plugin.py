@@ -14,8 +14,9 @@ def test_fault_proxy_fixture_applies_faults_and_stops_at_teardown(
 ) -> None:
     pytester.makepyfile(
         """
-        import socket, threading
+        import socket
         from pytest_netthreads import faults
+        from pytest_netthreads.servers._reactor import get_reactor
 
         PROXIES = []
 
@@ -33,8 +34,9 @@ def test_fault_proxy_fixture_applies_faults_and_stops_at_teardown(
 
         def test_stopped_after_the_test():
             (proxy,) = PROXIES
-            names = [t.name for t in threading.enumerate()]
-            assert not any(name.startswith("netthreads-faultproxy") for name in names)
+            # It let go of the shared event loop: no socket, no hold left behind.
+            reactor = get_reactor()
+            assert reactor.holds == 0 and reactor.registered == 0
             try:
                 socket.create_connection(proxy.address, timeout=10).close()
             except ConnectionRefusedError:
@@ -92,7 +94,7 @@ def test_fault_seed_option_and_ini_seed_every_proxy(pytester: pytest.Pytester) -
     result.stderr.fnmatch_lines(["*ini fault_seed must be an int, got 'soon'*"])
 
 
-def test_an_error_in_the_proxy_thread_fails_the_test(pytester: pytest.Pytester) -> None:
+def test_an_error_in_a_proxy_callback_fails_the_test(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
         import socket
@@ -102,6 +104,8 @@ def test_an_error_in_the_proxy_thread_fails_the_test(pytester: pytest.Pytester) 
             def broken(*args):
                 raise RuntimeError("bug inside the proxy")
 
+            # The no-fault path and the general one.
+            monkeypatch.setattr(FaultProxy, "_forward", broken)
             monkeypatch.setattr(FaultProxy, "_client_event", broken)
             proxy = fault_proxy(echo_server)
             with socket.create_connection(proxy.address, timeout=10) as sock:

@@ -6,6 +6,8 @@ assertion is a lower bound (the proxy must not deliver early), which load cannot
 
 from __future__ import annotations
 
+import hashlib
+import random
 import socket
 import threading
 import time
@@ -29,7 +31,7 @@ from pytest_netthreads.faults import (
     Stall,
     Timeout,
 )
-from pytest_netthreads.servers._reactor import get_reactor
+from pytest_netthreads.servers._reactor import get_reactor, shutdown_reactor_if_idle
 from tests._util import recv_exactly
 
 pytestmark = pytest.mark.usefixtures("_reactor_running", "no_thread_or_fd_leak")
@@ -366,13 +368,15 @@ def test_stop_closes_idle_connections(echo: ThreadedServer) -> None:
     proxy.stop()  # again: nothing
 
 
-def test_an_error_in_the_proxy_thread_is_raised_by_stop(
+def test_an_error_in_a_proxy_callback_is_raised_by_stop(
     echo: ThreadedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*args: object) -> None:
         raise RuntimeError("bug in a fault")
 
     proxy = FaultProxy(echo).start()
+    # The no-fault path and the general one: the bug is hit whichever the data takes.
+    monkeypatch.setattr(proxy, "_forward", broken)
     monkeypatch.setattr(proxy, "_client_event", broken)
     with _client(proxy) as sock:
         sock.sendall(b"x")
@@ -406,3 +410,112 @@ def test_bad_arguments(
 ) -> None:
     with pytest.raises(error, match=message):
         FaultProxy(*args, **kwargs)  # type: ignore[arg-type]
+
+
+# -- the shared event loop ------------------------------------------------------------------
+
+
+def test_bulk_without_faults_keeps_every_byte_in_order(proxy: FaultProxy) -> None:
+    # A reader slower than the writer makes the proxy's sends fall short, so data takes the
+    # queued path as well as the straight one, back and forth.
+    payload = random.Random(3).randbytes(8 << 20)
+    with _client(proxy, timeout=30) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(payload,))
+        sender.start()
+        got = bytearray()
+        while len(got) < len(payload):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+        sender.join(30)
+    assert not sender.is_alive()
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
+    (record,) = proxy.wait_for_connections(1, closed=True)
+    assert record.bytes_upstream == record.bytes_downstream == len(payload)
+
+
+def test_a_fault_added_mid_stream_acts_on_the_next_bytes(proxy: FaultProxy) -> None:
+    with _client(proxy) as sock:
+        sock.sendall(b"plain")
+        assert recv_exactly(sock, 5) == b"plain"  # forwarded on the no-fault path
+        with proxy.add(Corrupt(offsets=(5,), direction="upstream")):
+            sock.sendall(b"abc")
+            assert recv_exactly(sock, 3) == bytes([ord("a") ^ 0xFF]) + b"bc"
+        sock.sendall(b"xyz")
+        assert recv_exactly(sock, 3) == b"xyz"
+
+
+def test_the_proxy_runs_on_the_servers_loop_and_starts_no_thread(echo: ThreadedServer) -> None:
+    before = set(threading.enumerate())
+    with FaultProxy(echo, Latency(0.01)) as proxy, _client(proxy) as sock:
+        sock.sendall(b"ping")
+        assert recv_exactly(sock, 4) == b"ping"
+        assert set(threading.enumerate()) == before
+        # Its callbacks run in the loop thread, under the loop's lock.
+        assert get_reactor().thread in before
+
+
+def test_a_proxy_that_is_down_keeps_the_shared_loop() -> None:
+    # A target the loop does not know (a plain listening socket): when the proxy is down,
+    # nothing of this test is registered with the loop.
+    with socket.create_server(("127.0.0.1", 0)) as target:
+        target.settimeout(10)
+        proxy = FaultProxy(target.getsockname()).start()
+        try:
+            proxy.down()
+            # pytest's in-process runs (pytester) stop the loop when nothing uses it.
+            assert shutdown_reactor_if_idle() is False
+            proxy.up()
+            with _client(proxy) as sock:
+                server_side, _ = target.accept()
+                with server_side:
+                    server_side.sendall(b"hi")
+                    assert recv_exactly(sock, 2) == b"hi"
+        finally:
+            proxy.stop()
+
+
+def test_loop_timers_run_in_order_in_the_loop_thread() -> None:
+    reactor = get_reactor()
+    ran: list[tuple[str, threading.Thread]] = []
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def note(name: str) -> None:
+        ran.append((name, threading.current_thread()))
+        if len(ran) == 3:
+            done.set()
+
+    now = time.monotonic()
+    with reactor.lock:  # added from this thread: the loop must wake to see them
+        reactor.call_at_locked(now + 0.03, lambda: note("third"), errors.append)
+        reactor.call_at_locked(now + 0.01, lambda: note("first"), errors.append)
+        reactor.call_at_locked(now + 0.02, lambda: note("second"), errors.append)
+    assert done.wait(10)
+    assert [name for name, _ in ran] == ["first", "second", "third"]
+    assert {thread for _, thread in ran} == {reactor.thread}
+    assert errors == []
+
+
+def test_a_cancelled_loop_timer_does_not_run_and_errors_go_to_their_owner() -> None:
+    reactor = get_reactor()
+    ran: list[str] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def fail() -> None:
+        raise RuntimeError("timer bug")
+
+    def on_error(exc: BaseException) -> None:
+        errors.append(exc)
+        done.set()
+
+    now = time.monotonic()
+    with reactor.lock:
+        cancelled = reactor.call_at_locked(now, lambda: ran.append("cancelled"), on_error)
+        cancelled.cancel()
+        reactor.call_at_locked(now + 0.01, fail, on_error)
+    assert done.wait(10)
+    assert ran == []
+    assert [str(exc) for exc in errors] == ["timer bug"]

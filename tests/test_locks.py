@@ -15,12 +15,14 @@ from pytest_netthreads import ThreadedServer, handlers
 from pytest_netthreads.detect import locks
 from pytest_netthreads.detect.locks import TrackedLock, TrackedRLock
 
+ORIGINAL_LOCK = threading.Lock  # a function before Python 3.13, the lock type since
+
 
 @pytest.fixture
 def tracking() -> Iterator[None]:
     with locks.tracking(deadlock=True, lock_order=True):
         yield
-    assert threading.Lock is _thread.allocate_lock
+    assert threading.Lock is ORIGINAL_LOCK
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -215,3 +217,70 @@ def test_install_is_nestable_and_restores_threading() -> None:
     assert (threading.Lock, threading.RLock, threading.Thread.join) == original
     with pytest.raises(RuntimeError, match="not installed"):
         locks.uninstall()
+
+
+def test_threading_lock_keeps_its_kind_while_tracked(tracking: None) -> None:
+    tracked = threading.Lock()
+    plain = _thread.allocate_lock()
+    assert isinstance(tracked, TrackedLock)
+    if isinstance(ORIGINAL_LOCK, type):
+        # Python 3.13+: threading.Lock is the lock type; isinstance() must keep working for
+        # tracked locks and for plain ones (made before tracking, or by the kit).
+        assert isinstance(threading.Lock, type)
+        assert isinstance(tracked, threading.Lock)
+        assert isinstance(plain, threading.Lock)
+        assert not isinstance(threading.RLock(), threading.Lock)
+        assert issubclass(TrackedLock, threading.Lock)
+        assert issubclass(_thread.LockType, threading.Lock)
+        assert not issubclass(TrackedRLock, threading.Lock)
+        with pytest.raises(TypeError, match="not an acceptable base type"):
+            type("MyLock", (threading.Lock,), {})
+        with pytest.raises(TypeError):
+            threading.Lock(1)  # type: ignore[call-arg]
+    else:
+        # Before 3.13 threading.Lock is a factory function, while tracked too.
+        assert not isinstance(threading.Lock, type)
+        with pytest.raises(TypeError):
+            isinstance(tracked, threading.Lock)  # type: ignore[arg-type]
+    # The stdlib primitives built on threading.Lock work either way.
+    event = threading.Event()
+    assert isinstance(event._cond._lock, TrackedLock)  # type: ignore[attr-defined]
+    event.set()
+    assert event.wait(1)
+
+
+def test_release_errors_match_a_plain_lock(tracking: None) -> None:
+    for lock in (threading.Lock(), _thread.allocate_lock()):
+        with pytest.raises(RuntimeError):
+            lock.release()
+        # released by another thread inside the `with`: leaving it raises, as for a plain lock
+        with pytest.raises(RuntimeError):
+            with lock:
+                releaser = threading.Thread(target=lock.release)
+                releaser.start()
+                releaser.join(10)
+        assert not lock.locked()
+        assert lock.acquire(False)  # still one lock: one holder at a time
+        assert not lock.acquire(False)
+        lock.release()
+
+
+def test_held_locks_follow_out_of_order_and_mode_changes() -> None:
+    me = threading.get_ident()
+    with locks.tracking(deadlock=True):
+        early = threading.Lock()
+        early.acquire()  # taken while the lock-order bookkeeping is off
+        with locks.tracking(deadlock=False, lock_order=True):
+            first = threading.Lock()
+            second = threading.RLock()
+            first.acquire()
+            second.acquire()
+            assert locks.held_locks(me) == [first, second]
+            first.release()  # not the last one taken
+            assert locks.held_locks(me) == [second]
+            with first:
+                assert locks.held_locks(me) == [second, first]
+            early.release()  # never was on the list
+            second.release()
+            assert locks.held_locks(me) == []
+        assert not early.locked() and not first.locked() and not second.locked()

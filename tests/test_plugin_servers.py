@@ -207,3 +207,49 @@ def test_fixtures_under_xdist(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(passed=8)
+
+
+def test_fixture_servers_belong_to_the_innermost_running_test(
+    pytester: pytest.Pytester, server_factory: object
+) -> None:
+    import socket
+
+    from pytest_netthreads import handlers
+
+    outer = server_factory(handlers.echo)  # type: ignore[operator]
+    pytester.makeconftest(
+        """
+        started = []
+
+        def pytest_netthreads_server_started(server, item):
+            started.append((item.name, server.name.split("@")[0]))
+        """
+    )
+    pytester.makepyfile(
+        """
+        import socket
+        from conftest import started
+
+        def boom(conn):
+            conn.recv(10)
+            raise ValueError("inner handler")
+
+        def test_inner(server_factory, echo_server, tls_echo_server):
+            srv = server_factory(boom)
+            with socket.create_connection(srv.address, timeout=5) as s:
+                s.sendall(b"x")
+                s.recv(10)
+            srv.wait_for_connections(1, closed=True)
+
+        def test_owners():
+            assert started == [
+                ("test_inner", "echo"), ("test_inner", "echo"), ("test_inner", "boom")
+            ]
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(failed=1, passed=1)  # the inner test failed, not this one
+    result.stdout.fnmatch_lines(["*HandlerError: 1 error(s) in server boom@*"])
+    with socket.create_connection(outer.address, timeout=5) as s:  # type: ignore[attr-defined]
+        s.sendall(b"still mine")
+        assert s.recv(10) == b"still mine"

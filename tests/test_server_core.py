@@ -97,6 +97,8 @@ def test_handler_must_be_callable() -> None:
         ({"max_workers": 0, "concurrency": "pool"}, ValueError, "max_workers must be at least 1"),
         ({"max_workers": 4}, ValueError, "max_workers is only used with concurrency='pool'"),
         ({"stop_timeout": -1}, ValueError, "stop_timeout must be"),
+        ({"tls_handshake_timeout": 0}, ValueError, "tls_handshake_timeout must be a number"),
+        ({"tls_handshake_timeout": "5"}, ValueError, "tls_handshake_timeout must be a number"),
         ({"unix": 3}, TypeError, "unix must be True or a socket path"),
     ],
 )

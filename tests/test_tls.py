@@ -438,8 +438,7 @@ def test_unix_socket_server_over_tls(ca: CertificateAuthority) -> None:
 
 
 def test_stalled_handshake_times_out_and_is_recorded(ca: CertificateAuthority) -> None:
-    srv = ThreadedServer(handlers.echo, ssl_context=ca.server_context())
-    srv.tls_handshake_timeout = 0.2  # type: ignore[attr-defined]
+    srv = ThreadedServer(handlers.echo, ssl_context=ca.server_context(), tls_handshake_timeout=0.2)
     with srv, connect(srv.address):  # a TCP client that never starts the handshake
         (record,) = srv.wait_for_connections(1, closed=True, timeout=30)
     assert record.how_closed == "handshake-failed"

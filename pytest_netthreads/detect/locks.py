@@ -18,9 +18,15 @@ What cannot be seen:
   waiter locks on purpose, the interpreter's own, C extensions');
 * locks created by the kit itself, pytest, pluggy, execnet and xdist: they are plain locks.
 
-The uncontended path costs a ``get_ident()``, a frame look-up and a few attribute stores; a
-thread that has to wait does so in slices (:data:`WAIT_SLICE`), so that a detector can break a
-deadlock by raising in the waiting thread (:func:`request_abort`).
+Python 3.13 made ``threading.Lock`` a class (``_thread.lock``, which cannot be subclassed):
+there the stand-in installed for it is a class too, so ``isinstance(x, threading.Lock)`` stays
+true for tracked and plain locks alike. ``isinstance(tracked, _thread.LockType)`` is false on
+every version.
+
+The uncontended path costs a ``get_ident()``, a frame look-up and a few attribute stores (plus,
+for the lock-order check, one dict look-up and store in the thread's held locks); a thread that
+has to wait does so in slices (:data:`WAIT_SLICE`), so that a detector can break a deadlock by
+raising in the waiting thread (:func:`request_abort`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from queue import Empty, SimpleQueue
 from time import monotonic
 from types import CodeType, FrameType
 from typing import Any
@@ -186,9 +193,27 @@ _classes: dict[tuple[str, int, str, int, str], LockClass] = {}
 _classes_lock = _allocate()
 
 
-def _class_for_creator(kind: str) -> LockClass | None:
-    """The class of a lock being created by the caller of the caller of our factory."""
-    frame: FrameType | None = _getframe(2)
+def _qualname(frame: FrameType) -> str:
+    """The qualified name of the function running in ``frame`` (``Queue.__init__``)."""
+    code = frame.f_code
+    name = getattr(code, "co_qualname", None)  # Python 3.11+
+    if isinstance(name, str):
+        return name
+    # Python 3.10: find the function among the methods of the class of its first argument.
+    if code.co_argcount:
+        first = frame.f_locals.get(code.co_varnames[0])
+        owner = first if isinstance(first, type) else type(first)
+        for klass in owner.__mro__:
+            for attr in vars(klass).values():
+                func = getattr(attr, "__func__", attr)
+                if getattr(func, "__code__", None) is code:
+                    return f"{klass.__qualname__}.{code.co_name}"
+    return code.co_name
+
+
+def _class_for_creator(kind: str, depth: int) -> LockClass | None:
+    """The class of a lock being created by the frame ``depth`` levels above this one."""
+    frame: FrameType | None = _getframe(depth)
     via: FrameType | None = None
     while frame is not None and _is_stdlib(frame.f_code.co_filename):
         via = frame
@@ -209,8 +234,7 @@ def _class_for_creator(kind: str) -> LockClass | None:
             if cls is None:
                 vsite = None
                 if via is not None:
-                    vname = getattr(via.f_code, "co_qualname", via.f_code.co_name)
-                    vsite = Site(vfile, vline, vname)
+                    vsite = Site(vfile, vline, _qualname(via))
                 cls = _classes[key] = LockClass(
                     Site(code.co_filename, line, code.co_name), vsite, kind
                 )
@@ -246,7 +270,11 @@ _graph_lock = _allocate()  # guards _waits; taken only on the slow (contended) p
 _waits: dict[int, Wait] = {}
 _aborts: dict[int, BaseException] = {}
 _sticky: set[int] = set()
+# Each thread's held locks, oldest first (lock-order check). A list, not a dict used as an
+# ordered set: a dict that gains and loses a key on every acquisition is rebuilt every few
+# of them, and a list's pop is cheaper than a dict's del.
 _held: dict[int, list[Any]] = {}
+_NOT_HELD: list[Any] = []  # never holds anything
 #: Called (thread ident) after a thread registered a blocking wait, before it blocks.
 on_block: Callable[[int], None] | None = None
 #: Called (held lock, new lock, frame of the acquire) when a new lock-order edge appears.
@@ -302,16 +330,22 @@ def _drop_abort(ident: int) -> None:
 
 
 def _push_held(lock: Any, ident: int, frame: FrameType, ordered: bool) -> None:
-    stack = _held.get(ident)
-    if stack is None:
-        stack = _held[ident] = []
-    elif ordered:
-        cls = lock._class
-        for held in stack:
-            hcls = held._class
-            if hcls is not cls and cls not in hcls.after and on_new_edge is not None:
-                on_new_edge(held, lock, frame)
-    stack.append(lock)
+    """Add ``lock`` to the thread's held locks; with ``ordered``, look for new edges first."""
+    try:
+        held = _held[ident]
+    except KeyError:
+        held = _held[ident] = []
+    if ordered and held:
+        _check_edges(lock, held, frame)
+    held.append(lock)
+    lock._held = held
+
+
+def _check_edges(lock: Any, held: list[Any], frame: FrameType) -> None:
+    cls = lock._class
+    for other in list(held):  # a copy: the hook may take (tracked) locks
+        if cls not in other._after and other._class is not cls:
+            _new_edge(other, lock, frame)
 
 
 def _new_edge(held: Any, lock: Any, frame: FrameType) -> None:
@@ -321,25 +355,18 @@ def _new_edge(held: Any, lock: Any, frame: FrameType) -> None:
 
 
 def _check_order(lock: Any, ident: int, frame: FrameType) -> None:
-    stack = _held.get(ident)
-    if stack:
-        cls = lock._class
-        for held in stack:
-            hcls = held._class
-            if hcls is not cls and cls not in hcls.after and on_new_edge is not None:
-                on_new_edge(held, lock, frame)
+    held = _held.get(ident)
+    if held:
+        _check_edges(lock, held, frame)
 
 
-def _pop_held(lock: Any, ident: int) -> None:
-    stack = _held.get(ident)
-    if stack:
-        if stack[-1] is lock:
-            stack.pop()
-        else:
-            try:
-                stack.remove(lock)
-            except ValueError:
-                pass
+def _pop_held(lock: Any) -> None:
+    """Take ``lock`` off the held locks of the thread that acquired it (the caller may be
+    another thread: one atomic ``remove``)."""
+    try:
+        lock._held.remove(lock)
+    except ValueError:  # acquired while the check was off
+        pass
 
 
 def _validate(blocking: bool, timeout: float) -> None:
@@ -349,13 +376,25 @@ def _validate(blocking: bool, timeout: float) -> None:
         raise ValueError("timeout value must be a non-negative number (or -1 for no timeout)")
 
 
+def _take(q: SimpleQueue[bool], seconds: float | None) -> bool:
+    """Take a lock's token: at once (``seconds=None``) or waiting up to ``seconds``."""
+    try:
+        if seconds is None:
+            q.get_nowait()
+        else:
+            q.get(True, seconds)
+    except Empty:
+        return False
+    return True
+
+
 def _wait_for(lock: Any, timeout: float, frame: FrameType, abortable: bool = True) -> bool:
-    """Block until ``lock._inner`` is acquired (True) or ``timeout`` passed (False)."""
+    """Block until the lock's token is taken (True) or ``timeout`` passed (False)."""
     me = _get_ident()
     timed = timeout != -1
     deadline = monotonic() + timeout if timed else 0.0
     wait = Wait(threading.current_thread(), lock, timed, Site.of_frame(frame))
-    inner = lock._inner
+    q = lock._q
     got = False
     if _order and not timed:
         # Record the order before blocking: a deadlocked acquire never completes.
@@ -372,16 +411,16 @@ def _wait_for(lock: Any, timeout: float, frame: FrameType, abortable: bool = Tru
             if timed:
                 remaining = deadline - monotonic()
                 if remaining <= 0:
-                    got = bool(inner.acquire(False))
+                    got = _take(q, None)
                     return got
-                got = inner.acquire(True, min(remaining, WAIT_SLICE))
+                got = _take(q, min(remaining, WAIT_SLICE))
             else:
-                got = inner.acquire(True, WAIT_SLICE)
+                got = _take(q, WAIT_SLICE)
             if got:
                 return True
     except BaseException:
         if got:
-            inner.release()
+            q.put_nowait(True)
         raise
     finally:
         with _graph_lock:
@@ -390,21 +429,44 @@ def _wait_for(lock: Any, timeout: float, frame: FrameType, abortable: bool = Tru
         _drop_abort(me)
 
 
+def _new_token_queue() -> SimpleQueue[bool]:
+    q: SimpleQueue[bool] = SimpleQueue()
+    q.put_nowait(True)
+    return q
+
+
+def _release_unlocked() -> RuntimeError:
+    return RuntimeError("release unlocked lock")
+
+
 class TrackedLock:
     """A ``threading.Lock`` that knows its class, its owner and where it was acquired.
 
     Like a plain lock it may be released by a thread that does not hold it.
     """
 
-    __slots__ = ("__weakref__", "_after", "_class", "_code", "_inner", "_lasti", "_owner")
+    # The lock itself is a SimpleQueue holding one token while the lock is free: its
+    # get_nowait()/put_nowait() cost about half of a C lock's acquire(False)/release() (no
+    # argument parsing, no OS-level lock when nobody waits), and this is the hot path.
+    __slots__ = (
+        "__weakref__",
+        "_after",
+        "_class",
+        "_code",
+        "_held",
+        "_lasti",
+        "_owner",
+        "_q",
+    )
 
     def __init__(self, lock_class: LockClass) -> None:
-        self._inner = _allocate()
+        self._q = _new_token_queue()
         self._class = lock_class
         self._after = lock_class.after  # the class's edges, one attribute load closer
         self._owner: int | None = None
         self._code: CodeType | None = None
         self._lasti = 0
+        self._held = _NOT_HELD  # the held locks it was last added to (lock-order check)
 
     @property
     def lock_class(self) -> LockClass:
@@ -423,93 +485,126 @@ class TrackedLock:
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         if timeout != -1:
             _validate(blocking, timeout)
-        if self._inner.acquire(False):
-            me = self._owner = _get_ident()
+        try:
+            self._q.get_nowait()
+        except Empty:
+            if not blocking:
+                return False
+            raw = _getframe(1)
+            # Condition._acquire_restore on a plain lock must not be aborted: Condition.wait's
+            # caller would then release a lock it does not hold (another thread's).
+            f = _user_frame(raw)
+            if not _wait_for(self, timeout, f, raw.f_code is not _COND_RESTORE_CODE):
+                return False
+        else:
             f = _getframe(1)
             if f.f_code.co_filename in _LIB_FILES:
                 f = _user_frame(f)
-            self._code = f.f_code
-            self._lasti = f.f_lasti
-            if _order:
-                _push_held(self, me, f, blocking and timeout == -1)
-            return True
-        if not blocking:
-            return False
-        raw = _getframe(1)
-        # Condition._acquire_restore on a plain lock must not be aborted: Condition.wait's
-        # caller would then release a lock it does not hold (another thread's).
-        f = _user_frame(raw)
-        if not _wait_for(self, timeout, f, raw.f_code is not _COND_RESTORE_CODE):
-            return False
         me = self._owner = _get_ident()
         self._code = f.f_code
         self._lasti = f.f_lasti
         if _order:
-            _push_held(self, me, f, timeout == -1)
+            _push_held(self, me, f, blocking and timeout == -1)
         return True
 
-    def __enter__(self) -> bool:
-        # The hot path: _push_held inlined.
-        if self._inner.acquire(False):
-            me = self._owner = _get_ident()
+    # The hot path, `with lock:`, has two versions: the class uses the second pair while the
+    # lock-order check is on (see _set_order), so that neither looks at a mode flag.
+
+    def _enter(self) -> bool:
+        try:
+            self._q.get_nowait()
+        except Empty:
+            f = _user_frame(_getframe(1))
+            _wait_for(self, -1, f)
+            code = f.f_code
+        else:
             f = _getframe(1)
             code = f.f_code
             if code.co_filename in _LIB_FILES:
                 f = _user_frame(f)
                 code = f.f_code
-            self._code = code
-            self._lasti = f.f_lasti
-            if _order:
-                stack = _held.get(me)
-                if stack:
-                    cls = self._class
-                    for held in stack:
-                        if cls not in held._after and held._class is not cls:
-                            _new_edge(held, self, f)
-                    stack.append(self)
-                elif stack is None:
-                    _held[me] = [self]
-                else:
-                    stack.append(self)
-            return True
-        f = _user_frame(_getframe(1))
-        _wait_for(self, -1, f)
-        me = self._owner = _get_ident()
-        self._code = f.f_code
+        self._owner = _get_ident()
+        self._code = code
         self._lasti = f.f_lasti
-        if _order:
-            _push_held(self, me, f, True)
         return True
+
+    def _exit(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._owner is None:
+            self.release()  # another thread released it meanwhile: raise as a lock does
+            return
+        self._owner = None
+        self._q.put_nowait(True)
+
+    def _enter_ordered(self) -> bool:
+        try:
+            self._q.get_nowait()
+        except Empty:
+            f = _user_frame(_getframe(1))
+            _wait_for(self, -1, f)
+            code = f.f_code
+        else:
+            f = _getframe(1)
+            code = f.f_code
+            if code.co_filename in _LIB_FILES:
+                f = _user_frame(f)
+                code = f.f_code
+        me = self._owner = _get_ident()
+        self._code = code
+        self._lasti = f.f_lasti
+        # _push_held, inlined
+        try:
+            held = _held[me]
+        except KeyError:
+            held = _held[me] = []
+        if held:
+            cls = self._class
+            for other in held:
+                if other._class is not cls and cls not in other._after:
+                    _check_edges(self, held, f)
+                    break
+        held.append(self)
+        self._held = held
+        return True
+
+    def _exit_ordered(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._owner is None:
+            self.release()
+            return
+        self._owner = None
+        held = self._held
+        if held and held[-1] is self:
+            del held[-1]
+        else:
+            _pop_held(self)
+        self._q.put_nowait(True)
+
+    __enter__ = _enter
+    __exit__ = _exit
 
     def release(self) -> None:
         owner = self._owner
-        if owner is not None:
+        q = self._q
+        if owner is None:
+            if not q.empty():
+                raise _release_unlocked()
+        else:
             self._owner = None
             if _order:
-                _pop_held(self, owner)
-        self._inner.release()
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        owner = self._owner
-        if owner is not None:
-            self._owner = None
-            if _order:
-                stack = _held.get(owner)
-                if stack and stack[-1] is self:
-                    stack.pop()
-                else:
-                    _pop_held(self, owner)
-        self._inner.release()
+                _pop_held(self)
+        q.put_nowait(True)
+        if q.qsize() > 1:  # released twice at the same time by two threads
+            q.get_nowait()
+            raise _release_unlocked()
 
     def locked(self) -> bool:
-        return self._inner.locked()
+        return self._q.empty()
 
     def _at_fork_reinit(self) -> None:
-        self._inner = _allocate()
+        self._q = _new_token_queue()
         self._owner = None
 
     def __repr__(self) -> str:
-        state = "locked" if self._inner.locked() else "unlocked"
+        state = "locked" if self._q.empty() else "unlocked"
         return f"<tracked {state} Lock ({self._class.describe()}) at {id(self):#x}>"
 
 
@@ -525,19 +620,21 @@ class TrackedRLock:
         "_class",
         "_code",
         "_count",
-        "_inner",
+        "_held",
         "_lasti",
         "_owner",
+        "_q",
     )
 
     def __init__(self, lock_class: LockClass) -> None:
-        self._inner = _allocate()
+        self._q = _new_token_queue()  # free while it holds its one token (see TrackedLock)
         self._class = lock_class
-        self._after = lock_class.after  # the class's edges, one attribute load closer
+        self._after = lock_class.after
         self._owner: int | None = None
         self._count = 0
         self._code: CodeType | None = None
         self._lasti = 0
+        self._held = _NOT_HELD
 
     @property
     def lock_class(self) -> LockClass:
@@ -558,28 +655,24 @@ class TrackedRLock:
             return True
         if timeout != -1:
             _validate(blocking, timeout)
-        if self._inner.acquire(False):
-            self._owner = me
-            self._count = 1
+        try:
+            self._q.get_nowait()
+        except Empty:
+            if not blocking:
+                return False
+            f = _user_frame(_getframe(1))
+            if not _wait_for(self, timeout, f):
+                return False
+        else:
             f = _getframe(1)
             if f.f_code.co_filename in _LIB_FILES:
                 f = _user_frame(f)
-            self._code = f.f_code
-            self._lasti = f.f_lasti
-            if _order:
-                _push_held(self, me, f, blocking and timeout == -1)
-            return True
-        if not blocking:
-            return False
-        f = _user_frame(_getframe(1))
-        if not _wait_for(self, timeout, f):
-            return False
         self._owner = me
         self._count = 1
         self._code = f.f_code
         self._lasti = f.f_lasti
         if _order:
-            _push_held(self, me, f, timeout == -1)
+            _push_held(self, me, f, blocking and timeout == -1)
         return True
 
     def __enter__(self) -> bool:
@@ -590,7 +683,9 @@ class TrackedRLock:
         f = _getframe(1)
         if f.f_code.co_filename in _LIB_FILES:
             f = _user_frame(f)
-        if not self._inner.acquire(False):
+        try:
+            self._q.get_nowait()
+        except Empty:
             _wait_for(self, -1, f)
         self._owner = me
         self._count = 1
@@ -608,17 +703,16 @@ class TrackedRLock:
             self._count = count
             return
         self._count = 0
-        owner = self._owner
         self._owner = None
         if _order:
-            _pop_held(self, owner)
-        self._inner.release()
+            _pop_held(self)
+        self._q.put_nowait(True)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.release()
 
     def locked(self) -> bool:
-        return self._inner.locked()
+        return self._q.empty()
 
     # The private protocol threading.Condition uses when its lock provides it.
     def _is_owned(self) -> bool:
@@ -635,13 +729,15 @@ class TrackedRLock:
         self._count = 0
         self._owner = None
         if _order:
-            _pop_held(self, me)
-        self._inner.release()
+            _pop_held(self)
+        self._q.put_nowait(True)
         return state
 
     def _acquire_restore(self, state: tuple[int, int]) -> None:
         f = _user_frame(_getframe(1))
-        if not self._inner.acquire(False):
+        try:
+            self._q.get_nowait()
+        except Empty:
             # Not abortable: Condition.wait's caller would then release a lock it lacks.
             _wait_for(self, -1, f, abortable=False)
         self._count, self._owner = state
@@ -651,7 +747,7 @@ class TrackedRLock:
             _push_held(self, state[1], f, True)
 
     def _at_fork_reinit(self) -> None:
-        self._inner = _allocate()
+        self._q = _new_token_queue()
         self._owner = None
         self._count = 0
 
@@ -665,14 +761,53 @@ AnyLock = TrackedLock | TrackedRLock
 
 
 def _make_lock() -> Any:
-    cls = _class_for_creator("Lock")
+    cls = _class_for_creator("Lock", 2)
     if cls is None:
         return _allocate()
     return TrackedLock(cls)
 
 
+class _LockStandInMeta(type):
+    """``threading.Lock()`` makes a tracked lock; plain and tracked locks are its instances."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:
+            return _ORIG_LOCK(*args, **kwargs)  # the original's error
+        lock_class = _class_for_creator("Lock", 2)
+        if lock_class is None:
+            return _allocate()
+        return TrackedLock(lock_class)
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, (_thread.LockType, TrackedLock))
+
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        return issubclass(subclass, (_thread.LockType, TrackedLock))
+
+
+class _LockStandIn(metaclass=_LockStandInMeta):
+    """What ``threading.Lock`` is while tracking is installed on Python 3.13+.
+
+    There ``threading.Lock`` is a class (``_thread.lock``), not a factory function, so code
+    may rely on ``isinstance(x, threading.Lock)``; a function in its place would make that
+    raise ``TypeError``. Like ``_thread.lock`` it cannot be subclassed.
+    """
+
+    __slots__ = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        raise TypeError(
+            "type '_thread.lock' is not an acceptable base type "
+            "(threading.Lock, while pytest-netthreads tracks locks)"
+        )
+
+
+# Python 3.13 made threading.Lock the lock type itself; before, it is a factory function.
+_LOCK_STAND_IN: Any = _LockStandIn if isinstance(_ORIG_LOCK, type) else _make_lock
+
+
 def _make_rlock(*args: Any, **kwargs: Any) -> Any:
-    cls = _class_for_creator("RLock")
+    cls = _class_for_creator("RLock", 2)
     if cls is None or args or kwargs:
         return _ORIG_RLOCK(*args, **kwargs)
     return TrackedRLock(cls)
@@ -721,30 +856,30 @@ def install(*, deadlock: bool = True, lock_order: bool = False) -> None:
         deadlock: wait-for bookkeeping is wanted (owners, waits, ``Thread.join``).
         lock_order: lock-order bookkeeping is wanted too (each thread's held locks).
     """
-    global _depth, _order, _order_users, _deadlock_users
+    global _depth, _order_users, _deadlock_users
     with _install_lock:
         if _depth == 0:
-            threading.Lock = _make_lock  # type: ignore[assignment]
+            threading.Lock = _LOCK_STAND_IN
             threading.RLock = _make_rlock  # type: ignore[assignment]
             threading.Thread.join = _tracked_join  # type: ignore[method-assign]
         _depth += 1
         if lock_order:
             _order_users += 1
-            _order = True
+            _set_order(True)
         if deadlock:
             _deadlock_users += 1
 
 
 def uninstall(*, deadlock: bool = True, lock_order: bool = False) -> None:
     """Undo one :func:`install`; the last one restores ``threading``."""
-    global _depth, _order, _order_users, _deadlock_users
+    global _depth, _order_users, _deadlock_users
     with _install_lock:
         if _depth == 0:
             raise RuntimeError("lock tracking is not installed")
         if lock_order:
             _order_users -= 1
             if _order_users == 0:
-                _order = False
+                _set_order(False)
                 _held.clear()
                 for lock_class in _classes.values():
                     lock_class.after.clear()
@@ -755,6 +890,17 @@ def uninstall(*, deadlock: bool = True, lock_order: bool = False) -> None:
             threading.Lock = _ORIG_LOCK
             threading.RLock = _ORIG_RLOCK
             threading.Thread.join = _ORIG_JOIN  # type: ignore[method-assign]
+
+
+def _set_order(on: bool) -> None:
+    global _order
+    _order = on
+    if on:
+        TrackedLock.__enter__ = TrackedLock._enter_ordered
+        TrackedLock.__exit__ = TrackedLock._exit_ordered
+    else:
+        TrackedLock.__enter__ = TrackedLock._enter
+        TrackedLock.__exit__ = TrackedLock._exit
 
 
 def installed() -> bool:

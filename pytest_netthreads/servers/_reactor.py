@@ -11,15 +11,25 @@ the same lock. A batch may still name a socket that another thread unregistered 
 file descriptor may even have been reused) between ``select()`` returning and the lock being
 taken, so every callback is an :class:`EventTarget` whose ``closed`` flag is checked first,
 and every callback tolerates spurious readiness (``BlockingIOError``).
+
+Timers (:meth:`Reactor.call_at_locked`) run in the same thread under the same lock, so a
+:class:`~pytest_netthreads.faults.FaultProxy` (which needs them for latency and pacing) can
+share the loop with the servers it sits in front of: a round trip through a proxy to an
+in-process server then wakes no other thread (see ``docs/faults.rst``).
 """
 
 from __future__ import annotations
 
 import atexit
+import heapq
+import itertools
+import math
 import os
 import select
 import socket
 import threading
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 from .._threads import mark_internal
@@ -49,6 +59,27 @@ class EventTarget(Protocol):
     def on_reactor_error(self, exc: BaseException) -> None: ...
 
 
+class Timer:
+    """A call :meth:`Reactor.call_at_locked` scheduled; :meth:`cancel` it (lock held)."""
+
+    __slots__ = ("fn", "on_error", "when")
+
+    def __init__(
+        self, when: float, fn: Callable[[], None], on_error: Callable[[BaseException], None]
+    ) -> None:
+        self.when = when
+        self.fn: Callable[[], None] | None = fn
+        self.on_error = on_error
+
+    @property
+    def cancelled(self) -> bool:
+        return self.fn is None
+
+    def cancel(self) -> None:
+        # Drop the references now; the heap entry itself goes when it comes due.
+        self.fn = None
+
+
 class Reactor:
     """A selector loop in one daemon thread, started on first use."""
 
@@ -65,6 +96,11 @@ class Reactor:
         self._targets[self._wake_r.fileno()] = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._timer_seq = itertools.count()
+        # Owners that keep the loop although they may have no socket registered for a while
+        # (a fault proxy that is down): shutdown_reactor_if_idle() leaves the loop to them.
+        self.holds = 0
         # One receive buffer for every native connection: the loop is single-threaded.
         self.buffer = bytearray(256 * 1024)
         self.view = memoryview(self.buffer)
@@ -86,6 +122,34 @@ class Reactor:
     def start(self) -> None:
         with self.lock:
             self._ensure_started()
+
+    def in_loop_thread(self) -> bool:
+        """Whether the caller is the loop thread (which holds the lock in every callback)."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    def call_at_locked(
+        self,
+        when: float,
+        fn: Callable[[], None],
+        on_error: Callable[[BaseException], None],
+    ) -> Timer:
+        """Call ``fn()`` in the loop thread, lock held, once ``time.monotonic() >= when``.
+
+        An exception from ``fn`` is handed to ``on_error`` (in the loop thread).
+        """
+        self._ensure_started()
+        timer = Timer(when, fn, on_error)
+        heapq.heappush(self._timers, (when, next(self._timer_seq), timer))
+        if not self.in_loop_thread():
+            # The loop computed its poll timeout before this timer existed.
+            self.wake()
+        return timer
+
+    def wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
 
     @property
     def registered(self) -> int:
@@ -127,10 +191,7 @@ class Reactor:
         if thread is None:
             self._close()
             return
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
+        self.wake()
         thread.join(timeout)
         if not thread.is_alive():
             self._close()
@@ -142,13 +203,43 @@ class Reactor:
         self._wake_r.close()
         self._wake_w.close()
 
+    def _poll_timeout(self) -> float | None:
+        """Seconds until the first timer is due (lock held); ``None``: no timer."""
+        timers = self._timers
+        while timers and timers[0][2].fn is None:
+            heapq.heappop(timers)
+        if not timers:
+            return None
+        return max(0.0, timers[0][0] - time.monotonic())
+
+    def _run_timers(self) -> None:
+        timers = self._timers
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            timer = heapq.heappop(timers)[2]
+            fn, timer.fn = timer.fn, None
+            if fn is None:
+                continue
+            try:
+                fn()
+            except BaseException as exc:  # handed to the timer's owner, never lost
+                timer.on_error(exc)
+
     def _run(self) -> None:
-        poll = self._poller.poll
+        poller = self._poller
         targets = self._targets
         lock = self.lock
+        # epoll.poll() takes seconds, poll.poll() milliseconds; both block on None.
+        in_ms = not hasattr(select, "epoll") or not isinstance(poller, select.epoll)
+        timeout: float | None = None
         while True:
             try:
-                events = poll()
+                if timeout is None:
+                    events = poller.poll()
+                elif in_ms:
+                    events = poller.poll(math.ceil(timeout * 1000))
+                else:
+                    events = poller.poll(timeout)
             except (OSError, ValueError):
                 if self._stopping:
                     return
@@ -174,6 +265,11 @@ class Reactor:
                         target.on_event(ready)
                     except BaseException as exc:  # handed to the owning server, never lost
                         target.on_reactor_error(exc)
+                if self._timers:
+                    self._run_timers()
+                    timeout = self._poll_timeout()
+                else:
+                    timeout = None
 
 
 _reactor: Reactor | None = None
@@ -213,7 +309,7 @@ def shutdown_reactor_if_idle(timeout: float = 5.0) -> bool:
         if reactor is None:
             return True
         with reactor.lock:
-            if reactor.registered:
+            if reactor.registered or reactor.holds:
                 return False
         _reactor = None
     reactor.shutdown(timeout)

@@ -20,9 +20,6 @@ if TYPE_CHECKING:
 
     from .core import ThreadedServer
 
-HANDSHAKE_TIMEOUT = 10.0
-"""Seconds a client has to complete the TLS handshake, unless the server has a
-``tls_handshake_timeout`` attribute (a number of seconds) saying otherwise."""
 
 LINGER_TIMEOUT = 2.0
 """After a failed handshake, seconds to wait for the client to close before closing."""
@@ -81,13 +78,6 @@ def record_sni(sock: Any, server_name: str | None, context: ssl.SSLContext) -> N
     """
     if isinstance(sock, TLSServerConnection):
         sock.sni_name = server_name
-
-
-def _handshake_timeout(server: ThreadedServer) -> float:
-    value = getattr(server, "tls_handshake_timeout", HANDSHAKE_TIMEOUT)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"tls_handshake_timeout must be a number of seconds > 0, got {value!r}")
-    return float(value)
 
 
 def _describe(exc: BaseException, timeout: float) -> str:
@@ -158,7 +148,7 @@ def accept_tls(server: ThreadedServer, conn: ServerConnection) -> ServerConnecti
     if context is None:  # pragma: no cover - the server only calls this with a context
         raise RuntimeError(f"server {server.name} has no ssl_context")
     record = conn.record
-    timeout = _handshake_timeout(server)
+    timeout = server.tls_handshake_timeout
     if conn.family in (socket.AF_INET, socket.AF_INET6):
         # A handshake is several small writes (and TLS 1.3 servers send session tickets
         # right after it): with Nagle's algorithm against the client's delayed ACK, the
@@ -201,4 +191,4 @@ def accept_tls(server: ThreadedServer, conn: ServerConnection) -> ServerConnecti
     return cast("ServerConnection", wrapped)
 
 
-__all__ = ["HANDSHAKE_TIMEOUT", "TLSServerConnection", "accept_tls", "record_sni", "tls_details"]
+__all__ = ["TLSServerConnection", "accept_tls", "record_sni", "tls_details"]

@@ -304,6 +304,9 @@ class ThreadedServer:
         max_workers: the pool size for ``concurrency="pool"`` (default 8).
         backlog: the listen backlog (the kernel caps it at ``somaxconn``).
         stop_timeout: seconds :meth:`stop` waits for handlers before it reports them.
+        tls_handshake_timeout: with ``ssl_context``, seconds a client has to complete the
+            TLS handshake (default 10); a client that does not is recorded as a failed
+            handshake.
         ignore_disconnects: a handler that fails with ``ConnectionResetError``,
             ``BrokenPipeError`` or ``ConnectionAbortedError`` (the client vanished) records
             ``how_closed="peer-reset"`` instead of failing the test. Default ``True``.
@@ -322,6 +325,7 @@ class ThreadedServer:
         max_workers: int | None = None,
         backlog: int = 4096,
         stop_timeout: float = 5.0,
+        tls_handshake_timeout: float = 10.0,
         ignore_disconnects: bool = True,
         name: str | None = None,
     ) -> None:
@@ -356,6 +360,15 @@ class ThreadedServer:
             raise ValueError(f"backlog must be a positive int, got {backlog!r}")
         if not isinstance(stop_timeout, (int, float)) or not stop_timeout >= 0:
             raise ValueError(f"stop_timeout must be a number of seconds >= 0, got {stop_timeout!r}")
+        if (
+            isinstance(tls_handshake_timeout, bool)
+            or not isinstance(tls_handshake_timeout, (int, float))
+            or not 0 < tls_handshake_timeout < float("inf")
+        ):
+            raise ValueError(
+                "tls_handshake_timeout must be a number of seconds > 0, "
+                f"got {tls_handshake_timeout!r}"
+            )
         if ssl_context is not None:
             import ssl as _ssl
 
@@ -368,6 +381,7 @@ class ThreadedServer:
         self.max_workers = max_workers or 8
         self.backlog = backlog
         self.stop_timeout = float(stop_timeout)
+        self.tls_handshake_timeout = float(tls_handshake_timeout)
         self.ignore_disconnects = ignore_disconnects
         self._unix_path: str | None = None
         self._unix_tmpdir: str | None = None
@@ -452,7 +466,8 @@ class ThreadedServer:
                     self._unix_path = os.path.join(self._unix_tmpdir, "server.sock")
                 bind_to: Any = self._unix_path
             else:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self._bind_port:  # a fixed port may be rebound while old ones linger
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 bind_to = (self._bind_host, self._bind_port)
             try:
                 sock.bind(bind_to)
@@ -526,10 +541,18 @@ class ThreadedServer:
             if sock is not None:
                 reactor.unregister_locked(sock)
                 sock.close()
+            # Unregistered under the reactor's lock: no connection can be accepted now.
             with self._lock:
+                idle = not (self._live or self._threads or self._pool_threads)
                 natives = [c for c, _ in self._live.values() if isinstance(c, NativeConnection)]
             for native in natives:
                 native.close("server-stop")
+        if idle and self._executor is None:
+            # Nothing to shut down or join (the common case of a fixture server).
+            self._remove_unix_path()
+            self._state = "stopped"
+            self._raise_errors()
+            return
         with self._lock:
             live = [(record, list(entry)) for record, entry in self._live.items()]
         for _, (conn, _) in live:

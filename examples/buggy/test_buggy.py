@@ -1,0 +1,124 @@
+"""Each module here is buggy on purpose; these tests run it and check that the bug is caught.
+
+The buggy modules are not named ``test_*.py``, so ``pytest examples`` does not collect them
+as failing tests. ``run_buggy`` (``conftest.py``) copies one into a scratch directory and runs
+``pytest examples/buggy/<module>`` there in a process of its own, bounded by a timeout, with
+the detector it needs; each test asserts the outcome and the key lines of the report a user
+sees. Run one yourself to see the whole report, e.g.
+``pytest --lock-order-check examples/buggy/abba_locks.py``.
+"""
+
+from __future__ import annotations
+
+BUGGY = "examples/buggy/"
+
+
+def test_busy_loop_is_caught_by_the_bounded_stop(run_buggy):
+    result = run_buggy("spinning_echo.py")
+    # The test itself passes; stopping its server fails the teardown.
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_echo_once*",
+        "ServerStopTimeout: server spinning_echo@127.0.0.1:*: 1 worker thread(s) still "
+        "running 0.5s after stop() (left running as daemon threads):",
+        "--- thread 'netthreads[[]spinning_echo@127.0.0.1:*[]]#0', current stack:",
+        '  File "*/examples/buggy/spinning_echo.py", line *, in spinning_echo',
+    ])
+
+
+def test_unjoined_thread_is_caught_by_the_thread_leak_check(run_buggy):
+    result = run_buggy("unjoined_worker.py", "--thread-leak-check", "--thread-leak-grace=0.2")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_publish_then_close*",
+        f"1 thread(s) started by {BUGGY}unjoined_worker.py::test_publish_then_close still "
+        "running 0.2s after its teardown:",
+        "--- thread 'event-publisher' (daemon), target "
+        "unjoined_worker.EventPublisher._send_events",
+        "started at */unjoined_worker.py:* in __init__",
+        "start stack (most recent call last):",
+        "    publisher = EventPublisher(sink.address)",
+        "current stack (most recent call last):",
+        '  File "*/unjoined_worker.py", line *, in _send_events',
+        "    event = self.events.get()",
+    ])
+
+
+def test_unclosed_pool_is_caught_by_the_socket_leak_check(run_buggy):
+    result = run_buggy("leaky_pool.py", "--socket-leak-check")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_pool_round_trip*",
+        f"1 socket(s) created by {BUGGY}leaky_pool.py::test_pool_round_trip still open after "
+        "its teardown:",
+        "--- socket fd=* AF_INET SOCK_STREAM 127.0.0.1:* -> 127.0.0.1:*",
+        "created at */leaky_pool.py:* in request",
+        "    sock = socket.create_connection(self.address, timeout=5)",
+    ])
+
+
+def test_abba_order_is_caught_by_the_lock_order_check(run_buggy):
+    result = run_buggy("abba_locks.py", "--lock-order-check")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*_ test_transfer_then_audit _*",
+        "Lock-order inversion (potential deadlock) between 2 lock classes: */abba_locks.py:* "
+        "-> */abba_locks.py:* -> back to the first.",
+        "order 1:",
+        "  thread 'MainThread' acquired",
+        "    Lock created at */abba_locks.py:* in __init__",
+        "      at */abba_locks.py:* in audit",
+        "    while holding Lock created at */abba_locks.py:* in __init__",
+        "order 2:",
+        "  thread 'payer' acquired",
+        "      at */abba_locks.py:* in transfer",
+    ])
+
+
+def test_join_under_lock_is_caught_by_the_deadlock_detector(run_buggy):
+    # The deadline is far: the cycle is reported the moment it closes, not at the timeout.
+    result = run_buggy("join_under_lock.py", "--deadlock-timeout=30")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*_ test_send_then_close _*",
+        f"Deadlock: a wait-for cycle of 2 threads formed in "
+        f"{BUGGY}join_under_lock.py::test_send_then_close:",
+    ])
+    # The cycle is listed from the thread that closed it, which depends on timing.
+    result.stdout.fnmatch_lines([
+        "  thread 'batch-sender' waits for Lock created at */join_under_lock.py:* in __init__",
+        "      waiting since *s, called at */join_under_lock.py:* in _run",
+        "      held by thread 'MainThread', acquired at */join_under_lock.py:* in close",
+    ])
+    result.stdout.fnmatch_lines([
+        "  thread 'MainThread' waits for thread 'batch-sender' to finish (Thread.join)",
+        "      waiting since *s, called at */join_under_lock.py:* in close",
+    ])
+    assert "still running after" not in result.stdout.str()  # not the hang watchdog
+
+
+def test_missing_read_timeout_is_caught_with_a_timeout_fault_and_the_watchdog(run_buggy):
+    result = run_buggy("no_read_timeout.py", "--deadlock-timeout=2")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*_ test_a_silent_network_is_a_timeout _*",
+        f"Hang: {BUGGY}no_read_timeout.py::test_a_silent_network_is_a_timeout still running "
+        "after 2s (--deadlock-timeout); no wait-for cycle among tracked locks and joins.",
+        "--- thread 'MainThread' (ident *):",
+        '  File "*/no_read_timeout.py", line *, in get',
+        "    chunk = sock.recv(4096)",
+        "*fault proxy*seed=*, 1 event(s)",
+        "  #0 downstream @0: drop from here Timeout(after_bytes=0, *",
+    ])
+
+
+def test_one_recv_per_message_is_caught_by_recv_chunks_and_slice(run_buggy):
+    result = run_buggy("one_recv_one_message.py")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines([
+        "*_ test_reply_in_pieces _*",
+        "E * assert 'VALUE ' == 'VALUE hello world'",
+        "*_ test_reply_through_a_slicing_proxy _*",
+        "E * assert 'VALUE ' == 'VALUE hello world'",
+        "  #0 downstream @0: applied Slice(size=6, *",
+    ])
