@@ -234,8 +234,7 @@ def server_factory(request: pytest.FixtureRequest) -> Iterator[ServerFactory]:
     """
 
     def tls_context() -> ssl.SSLContext:
-        context: ssl.SSLContext = request.getfixturevalue("tls_ca").server_context()
-        return context
+        return _session_ca(request.config).server_context()
 
     factory = ServerFactory(tls_context=tls_context, on_start=lambda s: _own(request.node, s))
     yield factory
@@ -275,17 +274,32 @@ def _tls_keylog_file(config: pytest.Config) -> str | None:
     return None
 
 
+_SESSION_CA = pytest.StashKey["CertificateAuthority"]()
+
+
+def _session_ca(config: pytest.Config) -> CertificateAuthority:
+    """The session's CA, made on first use and closed (its files removed) when the session
+    ends. The per-test TLS fixtures get it here rather than by requesting ``tls_ca``: a
+    session-scoped dependency costs a fresh server's worth of pytest bookkeeping per test."""
+    ca = config.stash.get(_SESSION_CA, None)
+    if ca is None:
+        from .tls import CertificateAuthority  # trustme is imported only by sessions using TLS
+
+        ca = config.stash[_SESSION_CA] = CertificateAuthority(
+            keylog_file=_tls_keylog_file(config)
+        )
+        config.add_cleanup(ca.close)
+    return ca
+
+
 @pytest.fixture(scope="session")
-def tls_ca(request: pytest.FixtureRequest) -> Iterator[CertificateAuthority]:
+def tls_ca(request: pytest.FixtureRequest) -> CertificateAuthority:
     """The session's test certificate authority (ECDSA keys, root plus intermediate).
 
     ``tls_ca.server_context(preset="valid")`` and ``tls_ca.client_context()`` make
     contexts; files (``tls_ca.ca_bundle_path()``) are removed when the session ends.
     """
-    from .tls import CertificateAuthority  # trustme is imported only by sessions using TLS
-
-    with CertificateAuthority(keylog_file=_tls_keylog_file(request.config)) as ca:
-        yield ca
+    return _session_ca(request.config)
 
 
 @pytest.fixture
@@ -295,13 +309,15 @@ def tls_client_context(tls_ca: CertificateAuthority) -> ssl.SSLContext:
 
 
 @pytest.fixture
-def tls_echo_server(tls_ca: CertificateAuthority) -> Iterator[ThreadedServer]:
+def tls_echo_server() -> Iterator[ThreadedServer]:
     """A started TLS echo server on loopback (a fresh one per test), certificate from the
     session CA valid for ``localhost`` and ``127.0.0.1``. ``.address``, ``.host``, ``.port``
     and ``.connections`` (with ``record.tls``) as for ``echo_server``.
     """
-    server = ThreadedServer(handlers.echo, ssl_context=tls_ca.server_context()).start()
-    _own(None, server)
+    item = _RUNNING[-1]
+    server = ThreadedServer(handlers.echo, ssl_context=_session_ca(item.config).server_context())
+    server.start()
+    _own(item, server)
     yield server
     with _server_errors_fail():
         server.stop()
