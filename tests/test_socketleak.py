@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import ssl
+import weakref
 
 import pytest
 
@@ -26,6 +28,35 @@ def test_an_open_socket_is_reported_with_where_it_was_created() -> None:
     assert "AF_INET SOCK_STREAM 127.0.0.1:" in message
     assert f"created at {__file__}:" in message
     assert "kept = socket.socket(socket.AF_INET, socket.SOCK_STREAM)" in message
+
+
+class _Pool:
+    """A pool that closes its sockets in a finalizer, as urllib3's connection pools do."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.me = self  # a reference cycle: only the garbage collector frees it
+        weakref.finalize(self, sock.close)
+
+
+def test_a_socket_only_a_reference_cycle_keeps_open_is_not_reported() -> None:
+    gc.disable()  # no collection may close it before the check does
+    try:
+        with ThreadLeakChecker(sockets=True):
+            pool = _Pool(socket.socket())
+            del pool  # unreachable now, but still open until a collection
+    finally:
+        gc.enable()
+
+
+def test_a_socket_still_held_is_reported_after_the_collection() -> None:
+    holder: list[object] = []
+    with pytest.raises(ThreadLeakError) as info, ThreadLeakChecker(sockets=True):
+        holder.append(_Pool(socket.socket()))
+    pool = holder.pop()
+    assert isinstance(pool, _Pool)
+    assert [leak.socket for leak in info.value.sockets] == [pool.sock]
+    pool.sock.close()
 
 
 def test_server_sockets_closed_at_stop_and_tls_wrapped_sockets_are_not_leaks() -> None:
