@@ -12,7 +12,9 @@
 2. A generated suite of ``--tests`` trivial tests, each run in a fresh ``python -m pytest``
    subprocess: no options, ``--deadlock-timeout=60``, ``--lock-order-check``, both. A conftest
    times the session (from ``pytest_sessionstart`` to the end of ``pytest_sessionfinish``);
-   the whole process's wall time is reported too. Runs are interleaved, median of ``--reps``.
+   the session's CPU time and the whole process's wall time are reported too. Runs are
+   interleaved (the order rotated each round); medians of ``--reps`` runs, and the minimum
+   session time (the least disturbed run).
 """
 
 from __future__ import annotations
@@ -84,24 +86,28 @@ import pytest
 _start = []
 
 def pytest_sessionstart(session):
-    _start.append(time.perf_counter())
+    _start.extend((time.perf_counter(), time.process_time()))
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session):
     with open(os.environ["BENCH_LOCKS_OUT"], "w") as f:
-        f.write(repr(time.perf_counter() - _start[0]))
+        f.write(f"{time.perf_counter() - _start[0]!r} {time.process_time() - _start[1]!r}")
 """
 
 
-def bench_suite(tests: int, reps: int) -> dict[str, tuple[float, float]]:
+Suite = dict[str, dict[str, list[float]]]
+
+
+def bench_suite(tests: int, reps: int) -> Suite:
+    """Per variant: the session's wall and CPU seconds and the process's wall seconds, one
+    entry per run. The variants run interleaved, in a rotated order each round."""
     variants = {
         "no detector": [],
         "--deadlock-timeout=60": ["--deadlock-timeout=60"],
         "--lock-order-check": ["--lock-order-check"],
         "both": ["--deadlock-timeout=60", "--lock-order-check"],
     }
-    session: dict[str, list[float]] = {k: [] for k in variants}
-    wall: dict[str, list[float]] = {k: [] for k in variants}
+    runs: Suite = {k: {"session": [], "cpu": [], "process": []} for k in variants}
     with tempfile.TemporaryDirectory(prefix="bench-locks-") as tmp:
         with open(os.path.join(tmp, "conftest.py"), "w") as f:
             f.write(CONFTEST)
@@ -114,19 +120,23 @@ def bench_suite(tests: int, reps: int) -> dict[str, tuple[float, float]]:
             f.write("[pytest]\n")
         out = os.path.join(tmp, "out.txt")
         env = dict(os.environ, BENCH_LOCKS_OUT=out)
-        for _ in range(reps):
-            for name, args in variants.items():
-                cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+        names = list(variants)
+        for rep in range(reps):
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:
+                cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+                cmd += variants[name]
                 t0 = time.perf_counter()
                 proc = subprocess.run(
                     cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600
                 )
-                wall[name].append(time.perf_counter() - t0)
+                runs[name]["process"].append(time.perf_counter() - t0)
                 if proc.returncode != 0 or f"{tests} passed" not in proc.stdout:
                     raise RuntimeError(f"{name}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
                 with open(out) as f:
-                    session[name].append(float(f.read()))
-    return {k: (statistics.median(session[k]), statistics.median(wall[k])) for k in variants}
+                    wall_s, cpu_s = f.read().split()
+                runs[name]["session"].append(float(wall_s))
+                runs[name]["cpu"].append(float(cpu_s))
+    return runs
 
 
 def main() -> None:
@@ -145,12 +155,28 @@ def main() -> None:
         ps, pn = micro[("plain", "single")], micro[("plain", "nested")]
         print(f"{mode:<20} {s:>10.0f} {s / ps:>8.2f} {n:>10.0f} {n / pn:>8.2f}")
 
-    print(f"\n2. {args.tests} trivial tests (median of {args.reps} interleaved runs)")
+    print(
+        f"\n2. {args.tests} trivial tests ({args.reps} interleaved runs each; median and"
+        " minimum, x: over no detector)"
+    )
     suite = bench_suite(args.tests, args.reps)
-    base_s, base_w = suite["no detector"]
-    print(f"{'options':<24} {'session s':>9} {'x':>6} {'process s':>9} {'x':>6}")
-    for name, (sess, wall) in suite.items():
-        print(f"{name:<24} {sess:>9.2f} {sess / base_s:>6.3f} {wall:>9.2f} {wall / base_w:>6.3f}")
+    base = suite["no detector"]
+    print(
+        f"{'options':<24} {'session s':>9} {'x':>6} {'min s':>6} {'x':>6} {'CPU s':>6} {'x':>6}"
+        f" {'process s':>9} {'x':>6}"
+    )
+    columns = (
+        ("session", statistics.median, 9),
+        ("session", min, 6),
+        ("cpu", statistics.median, 6),
+        ("process", statistics.median, 9),
+    )
+    for name, runs in suite.items():
+        cells = []
+        for key, pick, width in columns:
+            value = pick(runs[key])
+            cells.append(f"{value:>{width}.2f} {value / pick(base[key]):>6.3f}")
+        print(f"{name:<24} " + " ".join(cells))
 
 
 if __name__ == "__main__":

@@ -169,3 +169,30 @@ def test_locks_created_at_one_line_are_one_class(checker: LockOrderChecker) -> N
         pass
     assert left.lock_class is right.lock_class
     assert checker.take_reports() == []
+
+
+def test_an_inversion_with_locks_shared_by_threads_and_deeper_nesting(
+    checker: LockOrderChecker,
+) -> None:
+    # The same lock objects pass between threads (each lock caches the last thread's held
+    # list); the inversion is between the first and the third of a three-deep nesting.
+    first = threading.Lock()
+    middle = threading.Lock()
+    third = threading.Lock()
+
+    def forward() -> None:
+        with first, middle, third:
+            pass
+
+    def backward() -> None:
+        with third:
+            with first:
+                pass
+
+    in_thread(forward, "forward")
+    in_thread(forward, "forward again")
+    assert checker.take_reports() == []
+    in_thread(backward, "backward")
+    (report,) = checker.take_reports()
+    assert {edge.thread for edge in report.edges} == {"forward", "backward"}
+    assert len(report.edges) == 2  # first -> third and third -> first, middle not needed

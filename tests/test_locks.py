@@ -284,3 +284,49 @@ def test_held_locks_follow_out_of_order_and_mode_changes() -> None:
             second.release()
             assert locks.held_locks(me) == []
         assert not early.locked() and not first.locked() and not second.locked()
+
+
+def test_held_locks_stay_per_thread_when_one_lock_changes_threads(tracking: None) -> None:
+    # Each lock remembers the held list of the last thread that took it; taking it from
+    # another thread, by `with` or by acquire(), must move it to that thread's list.
+    shared = threading.Lock()
+    outer = threading.Lock()
+    seen: dict[str, list[object]] = {}
+
+    def worker(name: str, use_with: bool) -> None:
+        me = threading.get_ident()
+        with outer:
+            if use_with:
+                with shared:
+                    seen[name] = locks.held_locks(me)
+            else:
+                shared.acquire()
+                seen[name] = locks.held_locks(me)
+                shared.release()
+        seen[name + " after"] = locks.held_locks(me)
+
+    main = threading.get_ident()
+    for name, use_with in (("a", True), ("b", False), ("c", True), ("d", True)):
+        with shared:
+            assert locks.held_locks(main) == [shared]
+        thread = threading.Thread(target=worker, args=(name, use_with))
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert seen[name] == [outer, shared]
+        assert seen[name + " after"] == []
+        assert locks.held_locks(main) == []
+
+
+def test_held_locks_work_again_after_the_check_restarts() -> None:
+    me = threading.get_ident()
+    with locks.tracking(deadlock=True):
+        a = threading.Lock()
+        b = threading.Lock()
+        for _ in range(2):
+            with locks.tracking(deadlock=False, lock_order=True):
+                with a, b:
+                    assert locks.held_locks(me) == [a, b]
+                assert locks.held_locks(me) == []
+            with a, b:  # check off: nothing recorded
+                assert locks.held_locks(me) == []

@@ -339,6 +339,7 @@ def _push_held(lock: Any, ident: int, frame: FrameType, ordered: bool) -> None:
         _check_edges(lock, held, frame)
     held.append(lock)
     lock._held = held
+    lock._hid = ident
 
 
 def _check_edges(lock: Any, held: list[Any], frame: FrameType) -> None:
@@ -454,6 +455,7 @@ class TrackedLock:
         "_class",
         "_code",
         "_held",
+        "_hid",
         "_lasti",
         "_owner",
         "_q",
@@ -467,6 +469,7 @@ class TrackedLock:
         self._code: CodeType | None = None
         self._lasti = 0
         self._held = _NOT_HELD  # the held locks it was last added to (lock-order check)
+        self._hid = 0
 
     @property
     def lock_class(self) -> LockClass:
@@ -520,7 +523,8 @@ class TrackedLock:
         else:
             f = _getframe(1)
             code = f.f_code
-            if code.co_filename in _LIB_FILES:
+            # The same site as last time is a user frame (only those are stored): no check.
+            if code is not self._code and code.co_filename in _LIB_FILES:
                 f = _user_frame(f)
                 code = f.f_code
         self._owner = _get_ident()
@@ -545,25 +549,35 @@ class TrackedLock:
         else:
             f = _getframe(1)
             code = f.f_code
-            if code.co_filename in _LIB_FILES:
+            if code is not self._code and code.co_filename in _LIB_FILES:
                 f = _user_frame(f)
                 code = f.f_code
         me = self._owner = _get_ident()
         self._code = code
         self._lasti = f.f_lasti
-        # _push_held, inlined
-        try:
-            held = _held[me]
-        except KeyError:
-            held = _held[me] = []
+        # _push_held, inlined; the thread's held list is looked up only when another thread
+        # than the last one takes the lock (_held's lists are never replaced, only emptied).
+        if self._hid == me:
+            held = self._held
+        else:
+            try:
+                held = _held[me]
+            except KeyError:
+                held = _held[me] = []
+            self._held = held
+            self._hid = me
         if held:
+            # The last lock taken first (without a loop: one held lock is the common case).
             cls = self._class
-            for other in held:
-                if other._class is not cls and cls not in other._after:
-                    _check_edges(self, held, f)
-                    break
+            other = held[-1]
+            if cls not in other._after and other._class is not cls:
+                _check_edges(self, held, f)
+            elif held[0] is not other:  # more than one held (a lock is held once)
+                for other in held:
+                    if cls not in other._after and other._class is not cls:
+                        _check_edges(self, held, f)
+                        break
         held.append(self)
-        self._held = held
         return True
 
     def _exit_ordered(self, exc_type: object, exc: object, tb: object) -> None:
@@ -572,10 +586,13 @@ class TrackedLock:
             return
         self._owner = None
         held = self._held
-        if held and held[-1] is self:
-            del held[-1]
-        else:
-            _pop_held(self)
+        try:
+            if held[-1] is self:
+                del held[-1]
+            else:
+                _pop_held(self)
+        except IndexError:  # acquired while the check was off
+            pass
         self._q.put_nowait(True)
 
     __enter__ = _enter
@@ -621,6 +638,7 @@ class TrackedRLock:
         "_code",
         "_count",
         "_held",
+        "_hid",
         "_lasti",
         "_owner",
         "_q",
@@ -635,6 +653,7 @@ class TrackedRLock:
         self._code: CodeType | None = None
         self._lasti = 0
         self._held = _NOT_HELD
+        self._hid = 0
 
     @property
     def lock_class(self) -> LockClass:
@@ -880,7 +899,8 @@ def uninstall(*, deadlock: bool = True, lock_order: bool = False) -> None:
             _order_users -= 1
             if _order_users == 0:
                 _set_order(False)
-                _held.clear()
+                for held in _held.values():  # emptied, not dropped: locks keep references
+                    held.clear()
                 for lock_class in _classes.values():
                     lock_class.after.clear()
         if deadlock:
