@@ -175,10 +175,15 @@ def test_an_inversion_with_locks_shared_by_threads_and_deeper_nesting(
     checker: LockOrderChecker,
 ) -> None:
     # The same lock objects pass between threads (each lock caches the last thread's held
-    # list); the inversion is between the first and the third of a three-deep nesting.
+    # list); the inversion is between the first and the third of a three-deep nesting, whose
+    # edge is new while the edge from the lock taken just before the third is not.
     first = threading.Lock()
     middle = threading.Lock()
     third = threading.Lock()
+
+    def inner_pair() -> None:
+        with middle, third:
+            pass
 
     def forward() -> None:
         with first, middle, third:
@@ -189,8 +194,8 @@ def test_an_inversion_with_locks_shared_by_threads_and_deeper_nesting(
             with first:
                 pass
 
+    in_thread(inner_pair, "inner pair")
     in_thread(forward, "forward")
-    in_thread(forward, "forward again")
     assert checker.take_reports() == []
     in_thread(backward, "backward")
     (report,) = checker.take_reports()
