@@ -18,7 +18,20 @@ from pytest_netthreads import faults
         (lambda: faults.Latency("1"), TypeError, "seconds must be a number"),  # type: ignore[arg-type]
         (lambda: faults.Latency(0.1, direction="sideways"), ValueError, "direction must be one"),  # type: ignore[arg-type]
         (lambda: faults.Latency(0.1, probability=1.5), ValueError, r"probability .* <= 1"),
-        (lambda: faults.Bandwidth(0), ValueError, r"bytes_per_second must be a finite number > 0"),
+        (lambda: faults.Bandwidth(0), ValueError, r"bytes_per_second must be a finite number >= 1"),
+        # A rate this low scheduled a timer ~1e7 s out, which killed the shared event loop.
+        (lambda: faults.Bandwidth(1e-7), ValueError, r"bytes_per_second .* >= 1 and <= 1e\+12"),
+        (lambda: faults.Bandwidth(float("inf")), ValueError, "bytes_per_second"),
+        (lambda: faults.Bandwidth(10**400), ValueError, "bytes_per_second"),
+        (lambda: faults.Bandwidth(float("nan")), ValueError, "bytes_per_second"),
+        (lambda: faults.Latency(float("nan")), ValueError, "seconds must be a finite number"),
+        (lambda: faults.Latency(3601), ValueError, r"seconds must be .* <= 3600"),
+        (lambda: faults.Latency(0.1, jitter=float("nan")), ValueError, "jitter"),
+        (lambda: faults.Latency(0.1, probability=float("nan")), ValueError, "probability"),
+        (lambda: faults.Latency(0.1, probability=-0.1), ValueError, "probability"),
+        (lambda: faults.Slice(4, delay=float("nan")), ValueError, "delay"),
+        (lambda: faults.Corrupt(rate=float("nan")), ValueError, "rate must be"),
+        (lambda: faults.DelayConnect(float("inf")), ValueError, "seconds"),
         (lambda: faults.Slice(0), ValueError, r"size must be an int >= 1"),
         (lambda: faults.Slice(2, variation=2), ValueError, "variation must be smaller than size"),
         (lambda: faults.Slice(2.5), TypeError, "size must be an int"),  # type: ignore[arg-type]
@@ -26,7 +39,7 @@ from pytest_netthreads import faults
         (lambda: faults.Stall(after_bytes=True), TypeError, "after_bytes must be an int"),
         (lambda: faults.ResetPeer(after_bytes=-5), ValueError, "after_bytes"),
         (lambda: faults.LimitData(-1), ValueError, "nbytes must be an int >= 0"),
-        (lambda: faults.SlowClose(float("nan")), TypeError, "seconds must be a number"),
+        (lambda: faults.SlowClose(float("nan")), ValueError, "seconds must be a finite number"),
         (lambda: faults.Corrupt(), ValueError, r"Corrupt needs offsets=\(...\) or a rate > 0"),
         (lambda: faults.Corrupt(offsets=[1]), TypeError, "offsets must be a tuple"),  # type: ignore[arg-type]
         (lambda: faults.Corrupt(offsets=(1,), mask=256), ValueError, "mask must be an int from 1"),

@@ -96,15 +96,52 @@ def test_handler_must_be_callable() -> None:
         ({"concurrency": "fork"}, ValueError, "concurrency must be one of"),
         ({"max_workers": 0, "concurrency": "pool"}, ValueError, "max_workers must be at least 1"),
         ({"max_workers": 4}, ValueError, "max_workers is only used with concurrency='pool'"),
+        ({"port": -1}, ValueError, "port must be from 0 to 65535, got -1"),
+        ({"port": True}, TypeError, "port must be an int"),
         ({"stop_timeout": -1}, ValueError, "stop_timeout must be"),
-        ({"tls_handshake_timeout": 0}, ValueError, "tls_handshake_timeout must be a number"),
-        ({"tls_handshake_timeout": "5"}, ValueError, "tls_handshake_timeout must be a number"),
+        ({"stop_timeout": float("nan")}, ValueError, "stop_timeout must be a finite number"),
+        ({"stop_timeout": float("inf")}, ValueError, "stop_timeout must be a finite number"),
+        ({"stop_timeout": "5"}, TypeError, "stop_timeout must be a finite number"),
+        ({"tls_handshake_timeout": 0}, ValueError, "tls_handshake_timeout must be a finite"),
+        ({"tls_handshake_timeout": "5"}, TypeError, "tls_handshake_timeout must be a finite"),
+        ({"tls_handshake_timeout": float("inf")}, ValueError, "tls_handshake_timeout must be"),
+        ({"backlog": 0}, ValueError, "backlog must be from 1 to"),
+        ({"backlog": 2**40}, ValueError, "backlog must be from 1 to"),
+        ({"backlog": 1.5}, TypeError, "backlog must be an int"),
+        ({"ignore_disconnects": "no"}, TypeError, "ignore_disconnects must be a bool"),
+        ({"name": ""}, TypeError, "name must be a non-empty str"),
         ({"unix": 3}, TypeError, "unix must be True or a socket path"),
+        ({"unix": ""}, ValueError, "unix must not be empty"),
+        ({"unix": "/tmp/" + "x" * 200}, ValueError, "at most 107 bytes"),
+        ({"unix": "/tmp/a\0b"}, ValueError, "must not contain a NUL"),
     ],
 )
 def test_bad_arguments_name_the_parameter(kwargs: dict[str, object], error: type, match: str):
     with pytest.raises(error, match=match):
         ThreadedServer(handlers.echo, **kwargs)  # type: ignore[arg-type]
+
+
+def test_stop_timeout_argument_is_checked_before_anything_stops() -> None:
+    srv = ThreadedServer(handlers.echo).start()
+    for bad, error in ((float("inf"), ValueError), (float("nan"), ValueError), (-1, ValueError),
+                       ("1", TypeError)):
+        with pytest.raises(error, match="timeout must be a finite number of seconds >= 0"):
+            srv.stop(bad)  # type: ignore[arg-type]
+        assert srv.running
+    srv.stop()
+    assert not srv.running
+
+
+def test_a_too_long_temp_dir_for_a_unix_socket_is_named(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setenv("TMPDIR", str(deep))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    srv = ThreadedServer(handlers.echo, unix=True)
+    with pytest.raises(ValueError, match="set TMPDIR shorter.*at most 107 bytes"):
+        srv.start()
+    assert not srv.running
+    assert list(deep.iterdir()) == []  # the temporary directory was removed again
 
 
 def test_selector_needs_a_native_handler() -> None:

@@ -33,8 +33,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .. import _values
 from .._threads import format_thread_stack
-from ..servers._reactor import EVENT_READ, EVENT_WRITE, Reactor, Timer, get_reactor
+from ..servers._reactor import (
+    EVENT_READ,
+    EVENT_WRITE,
+    RESOURCE_ERRNOS,
+    AcceptBackoff,
+    Reactor,
+    ReactorDied,
+    Timer,
+    acquire_reactor,
+    is_retryable_accept_error,
+)
 from .specs import (
     Bandwidth,
     Corrupt,
@@ -222,7 +233,11 @@ class _ListenerSide:
         self.proxy._accept()
 
     def on_reactor_error(self, exc: BaseException) -> None:
-        self.proxy._record_error(None, exc)
+        # The reactor has unregistered the socket: record, then listen again after a pause.
+        proxy = self.proxy
+        proxy._record_error(None, exc)
+        if not isinstance(exc, ReactorDied) and not self.closed:
+            proxy._pause_accepting(None)
 
 
 class FaultProxy:
@@ -258,12 +273,16 @@ class FaultProxy:
             _check_fault(fault)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ValueError(f"port must be an int from 0 to 65535, got {port!r}")
+        _values.port(port, "port")
         if not isinstance(host, str):
             raise TypeError(f"host must be a str (an IP address or 'localhost'), got {host!r}")
-        if not isinstance(stop_timeout, (int, float)) or not stop_timeout >= 0:
-            raise ValueError(f"stop_timeout must be a number of seconds >= 0, got {stop_timeout!r}")
+        stop_timeout = _values.seconds(stop_timeout, "stop_timeout")
+        if isinstance(log_limit, bool) or not isinstance(log_limit, int):
+            raise TypeError(f"log_limit must be an int >= 0, got {log_limit!r}")
+        if log_limit < 0:
+            raise ValueError(f"log_limit must be an int >= 0, got {log_limit}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty str or None, got {name!r}")
         self.seed: int = random.SystemRandom().randrange(2**32) if seed is None else seed
         self._host = "127.0.0.1" if host == "localhost" else host
         self._port = port
@@ -286,6 +305,8 @@ class FaultProxy:
         self._view = memoryview(bytearray(0))  # the loop's receive buffer, once started
         self._timers: set[Timer] = set()
         self._live: dict[int, _Conn] = {}
+        self._backoff: AcceptBackoff | None = None  # made when accept() first fails
+        self._dial_failures: AcceptBackoff | None = None  # dialing the target ran out too
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -293,7 +314,7 @@ class FaultProxy:
         """Listen (on the kit's event loop, started if need be). Returns ``self``."""
         if self._state != "new":
             raise RuntimeError(f"fault proxy {self.name} was already started; create a new one")
-        reactor = get_reactor()
+        reactor = acquire_reactor()
         reactor.start()
         self._reactor = reactor
         # Used under the loop's lock only, like the servers' native connections use it.
@@ -326,11 +347,11 @@ class FaultProxy:
             ProxyError: an error happened in the proxy's callbacks, or the loop did not let
                 go in time.
         """
+        timeout = self.stop_timeout if timeout is None else _values.seconds(timeout, "timeout")
         if self._state in ("new", "stopped"):
             self._state = "stopped"
             return
         self._state = "stopped"
-        timeout = self.stop_timeout if timeout is None else timeout
         reactor = self._reactor
         assert reactor is not None
 
@@ -344,6 +365,7 @@ class FaultProxy:
     def check(self) -> None:
         """Raise :class:`ProxyError` now for errors in the proxy thread not raised before."""
         with self._lock:
+            self._note_resource_failures()
             new = self._errors[self._reported :]
             self._reported = len(self._errors)
         if new:
@@ -487,7 +509,15 @@ class FaultProxy:
     @property
     def errors(self) -> list[BaseException]:
         with self._lock:
+            self._note_resource_failures()
             return [exc for _, exc, _ in self._errors]
+
+    def _note_resource_failures(self) -> None:
+        """Record the accept()/dial failures counted since the last report (lock held)."""
+        for counter in (self._backoff, self._dial_failures):
+            taken = counter.take_report() if counter is not None else None
+            if taken is not None:
+                self._errors.append((None, *taken))
 
     def wait_for_connections(
         self, count: int = 1, *, closed: bool = False, timeout: float = 10.0
@@ -586,6 +616,8 @@ class FaultProxy:
         self._reactor.register_locked(sock, _READ, self._listener_side)
 
     def _close_listener(self) -> None:
+        if self._backoff is not None:
+            self._backoff.cancel()
         sock, self._listener = self._listener, None
         side, self._listener_side = self._listener_side, None
         if side is not None:
@@ -613,9 +645,12 @@ class FaultProxy:
             try:
                 fd, peer = listener._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if is_retryable_accept_error(exc):
+                    continue
+                self._pause_accepting(exc)
                 return
-            except ConnectionAbortedError:
-                continue
             client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fileno=fd)
             client.setblocking(False)
             _nodelay(client)
@@ -626,6 +661,31 @@ class FaultProxy:
             conn = _Conn(self, record, client)
             self._live[conn.index] = conn
             self._begin(conn)
+        if self._backoff is not None:
+            self._backoff.succeeded()
+
+    def _pause_accepting(self, exc: OSError | None) -> None:
+        """accept() failed (descriptors exhausted, say): stop listening for a while.
+
+        The listening socket stays readable, so trying again at once would spin; the
+        failures are counted and reported once, not one per try.
+        """
+        backoff = self._backoff
+        if backoff is None:
+            backoff = self._backoff = AcceptBackoff(f"fault proxy {self.name}")
+        listener, side, reactor = self._listener, self._listener_side, self._reactor
+        if listener is None or side is None or reactor is None:
+            return
+        reactor.unregister_locked(listener)
+        if exc is not None:
+            backoff.failed(exc)
+
+        def resume() -> None:
+            if self._listener is listener and not side.closed:
+                reactor.register_locked(listener, _READ, side)
+                self._accept()
+
+        backoff.schedule(reactor, resume, side.on_reactor_error)
 
     def _chosen(self, pipe: _Pipe, fid: int, fault: ProxyFault) -> bool:
         """Whether ``fault`` applies to this pipe: drawn once, from the pipe's generator."""
@@ -676,7 +736,19 @@ class FaultProxy:
     def _dial(self, conn: _Conn) -> None:
         if conn.state in ("closed", "connecting", "open"):
             return
-        server = socket.socket(self._target_family, socket.SOCK_STREAM)
+        try:
+            server = socket.socket(self._target_family, socket.SOCK_STREAM)
+        except OSError as exc:
+            if exc.errno not in RESOURCE_ERRNOS:
+                raise
+            failures = self._dial_failures
+            if failures is None:
+                failures = self._dial_failures = AcceptBackoff(
+                    f"fault proxy {self.name}", operation="socket() for dialing the target"
+                )
+            failures.failed(exc)
+            self._connect_failed(conn, exc.errno or 0)
+            return
         server.setblocking(False)
         conn.server = server
         conn.server_side = _Side(conn, "server", server)
@@ -1139,7 +1211,7 @@ def _fmt(address: object) -> str:
 def _resolve_target(target: Any) -> tuple[socket.AddressFamily, Any]:
     address = getattr(target, "address", target)
     if isinstance(address, str):
-        return socket.AF_UNIX, address
+        return socket.AF_UNIX, _values.unix_path(address, "target (a Unix socket path)")
     if (
         isinstance(address, tuple)
         and len(address) >= 2
@@ -1147,7 +1219,8 @@ def _resolve_target(target: Any) -> tuple[socket.AddressFamily, Any]:
         and isinstance(address[1], int)
         and not isinstance(address[1], bool)
     ):
-        host, port = address[0], address[1]
+        host = address[0]
+        port = _values.port(address[1], "target port", allow_zero=False)
         if host == "localhost":
             return socket.AF_INET, ("127.0.0.1", port)
         try:

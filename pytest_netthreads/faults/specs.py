@@ -22,11 +22,15 @@ _DIRECTIONS = ("downstream", "upstream", "both")
 
 def _check_number(name: str, value: object, *, minimum: float = 0.0, maximum: float | None = None,
                   allow_min: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {value!r}")
-    low_ok = value >= minimum if allow_min else value > minimum
-    high_ok = maximum is None or value <= maximum
-    if not (low_ok and high_ok and math.isfinite(value)):
+    try:
+        number = float(value)
+    except OverflowError:  # an int too big for a float
+        number = math.inf
+    low_ok = number >= minimum if allow_min else number > minimum
+    high_ok = maximum is None or number <= maximum
+    if not (low_ok and high_ok and math.isfinite(number)):  # NaN fails every comparison
         low = f">= {minimum:g}" if allow_min else f"> {minimum:g}"
         rng = low if maximum is None else f"{low} and <= {maximum:g}"
         raise ValueError(f"{name} must be a finite number {rng}, got {value!r}")
@@ -84,6 +88,8 @@ class Bandwidth(ProxyFault):
 
     A token bucket 20 ms deep: after the proxy thread could not run for a while (a busy
     machine) the stream catches up by at most 20 ms worth of data; idle time earns nothing.
+    The rate is from 1 byte to 10**12 bytes (1 TB) a second; to stop data altogether, use
+    :class:`Stall` or :class:`Timeout`.
     """
 
     bytes_per_second: float
@@ -92,7 +98,7 @@ class Bandwidth(ProxyFault):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_number("bytes_per_second", self.bytes_per_second, allow_min=False)
+        _check_number("bytes_per_second", self.bytes_per_second, minimum=1.0, maximum=1e12)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import errno
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -26,8 +27,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
+from .. import _values
 from .._threads import format_thread_stack
-from ._reactor import EVENT_READ, Reactor, get_reactor
+from ._reactor import (
+    EVENT_READ,
+    AcceptBackoff,
+    Reactor,
+    ReactorDied,
+    acquire_reactor,
+    get_reactor,
+    is_retryable_accept_error,
+)
 
 if TYPE_CHECKING:
     import ssl
@@ -39,19 +49,30 @@ Address = tuple[str, int] | str
 
 Concurrency = Literal["thread", "pool", "selector"]
 _CONCURRENCY = ("thread", "pool", "selector")
+_MAX_BACKLOG = 2**31 - 1  # listen() takes a C int; the kernel caps it at somaxconn anyway
 
 _DISCONNECTS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 HowClosed = Literal[
-    "peer-eof", "peer-reset", "handler", "server-stop", "error", "handshake-failed"
+    "peer-eof", "peer-reset", "handler", "server-stop", "error", "handshake-failed", "unserved"
 ]
 """How a connection ended.
 
 ``peer-eof``: the client closed its side and the handler finished; ``peer-reset``: the client
 reset the connection (or vanished mid-message); ``handler``: the handler returned or closed
-the connection on its own; ``server-stop``: :meth:`ThreadedServer.stop` closed it;
-``error``: the handler raised; ``handshake-failed``: the TLS handshake did not complete.
+the connection on its own; ``server-stop``: :meth:`ThreadedServer.stop` closed it (its
+handler ran, on what the client had sent before the stop); ``error``: the handler raised;
+``handshake-failed``: the TLS handshake did not complete; ``unserved``: accepted, but its
+handler never ran before the stop timeout passed (a pool kept busy by stuck handlers),
+reported by :class:`ServerStopTimeout`.
 """
+
+# What a handler may see because stop() shut its socket down under it: not the handler's bug.
+_STOP_ERRNOS = frozenset(
+    {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED}
+)
+# How much longer than the stopping thread's own deadline a concurrent stop() waits for it.
+_STOP_WAIT_MARGIN = 10.0
 
 
 @dataclass(eq=False)
@@ -131,11 +152,24 @@ class HandlerError(ServerError):
 
 
 class ServerStopTimeout(ServerError):
-    """Worker threads did not finish within the stop timeout. Names each with its stack."""
+    """Worker threads did not finish within the stop timeout. Names each with its stack.
 
-    def __init__(self, server_name: str, report: str, threads: list[threading.Thread]) -> None:
+    Attributes:
+        threads: the worker threads still running.
+        unserved: the records of connections accepted but never served (their handler did
+            not get to run before the timeout; ``how_closed="unserved"``).
+    """
+
+    def __init__(
+        self,
+        server_name: str,
+        report: str,
+        threads: list[threading.Thread],
+        unserved: list[ConnectionRecord] | None = None,
+    ) -> None:
         self.server_name = server_name
         self.threads = threads
+        self.unserved = unserved or []
         super().__init__(report)
 
 
@@ -248,7 +282,29 @@ class _Listener:
         self.server._accept_ready()
 
     def on_reactor_error(self, exc: BaseException) -> None:
-        self.server._record_error(None, exc)
+        # The reactor has unregistered the socket: record, then listen again after a pause
+        # (unless the loop itself died: its error is the server's last).
+        server = self.server
+        server._record_error(None, exc)
+        if not isinstance(exc, ReactorDied):
+            server._pause_accepting(None)
+
+
+def _close_fd(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _caused_by_stop(exc: BaseException) -> bool:
+    """Whether ``exc`` is what a socket operation raises once stop() shut the socket down."""
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno in _STOP_ERRNOS:
+        return True
+    ssl = sys.modules.get("ssl")  # loaded if the connection uses TLS
+    return ssl is not None and isinstance(exc, ssl.SSLError)
 
 
 def _handler_name(handler: object) -> str:
@@ -356,19 +412,18 @@ class ThreadedServer:
                 raise TypeError(f"max_workers must be a positive int, got {max_workers!r}")
             if max_workers < 1:
                 raise ValueError(f"max_workers must be at least 1, got {max_workers}")
-        if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 1:
-            raise ValueError(f"backlog must be a positive int, got {backlog!r}")
-        if not isinstance(stop_timeout, (int, float)) or not stop_timeout >= 0:
-            raise ValueError(f"stop_timeout must be a number of seconds >= 0, got {stop_timeout!r}")
-        if (
-            isinstance(tls_handshake_timeout, bool)
-            or not isinstance(tls_handshake_timeout, (int, float))
-            or not 0 < tls_handshake_timeout < float("inf")
-        ):
-            raise ValueError(
-                "tls_handshake_timeout must be a number of seconds > 0, "
-                f"got {tls_handshake_timeout!r}"
-            )
+        if isinstance(backlog, bool) or not isinstance(backlog, int):
+            raise TypeError(f"backlog must be an int from 1 to {_MAX_BACKLOG}, got {backlog!r}")
+        if not 1 <= backlog <= _MAX_BACKLOG:
+            raise ValueError(f"backlog must be from 1 to {_MAX_BACKLOG}, got {backlog}")
+        stop_timeout = _values.seconds(stop_timeout, "stop_timeout")
+        tls_handshake_timeout = _values.seconds(
+            tls_handshake_timeout, "tls_handshake_timeout", positive=True
+        )
+        if not isinstance(ignore_disconnects, bool):
+            raise TypeError(f"ignore_disconnects must be a bool, got {ignore_disconnects!r}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty str or None, got {name!r}")
         if ssl_context is not None:
             import ssl as _ssl
 
@@ -390,7 +445,7 @@ class ThreadedServer:
                 self._family = socket.AF_UNIX
             elif isinstance(unix, (str, os.PathLike)):
                 self._family = socket.AF_UNIX
-                self._unix_path = os.fspath(unix)
+                self._unix_path = _values.unix_path(unix, "unix")
             else:
                 raise TypeError(f"unix must be True or a socket path, got {unix!r}")
             self._bind_host = ""
@@ -398,7 +453,7 @@ class ThreadedServer:
             self._family, self._bind_host = _resolve_host(host, port)
         self._bind_port = port
         self._name = name
-        self._reactor: Reactor = get_reactor()
+        self._reactor: Reactor = get_reactor()  # the live loop's, again at start()
         self._sock: socket.socket | None = None
         self._listener = _Listener(self)
         self._address: Address | None = None
@@ -417,6 +472,10 @@ class ThreadedServer:
         self._reported = 0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pool_threads: list[threading.Thread] = []
+        self._backoff: AcceptBackoff | None = None  # made when accept() first fails
+        self._stop_done: threading.Event | None = None  # made for a concurrent stop() only
+        self._stop_deadline = 0.0
+        self._stop_error: BaseException | None = None
 
     @property
     def _changed(self) -> threading.Condition:
@@ -455,15 +514,24 @@ class ThreadedServer:
             RuntimeError: the server was started before (servers are not restartable).
             OSError: the address cannot be bound (the message names it).
         """
-        if self._state != "new":
-            raise RuntimeError(f"server {self.name} was already started; create a new one")
-        self._state = "starting"
-        sock = socket.socket(self._family, socket.SOCK_STREAM)
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError(f"server {self.name} was already started; create a new one")
+            self._state = "starting"
+        try:
+            self._reactor = acquire_reactor()
+            sock = socket.socket(self._family, socket.SOCK_STREAM)
+        except BaseException:
+            self._state = "stopped"
+            raise
         try:
             if self._family == socket.AF_UNIX:
                 if self._unix_path is None:
                     self._unix_tmpdir = tempfile.mkdtemp(prefix="netthreads-")
-                    self._unix_path = os.path.join(self._unix_tmpdir, "server.sock")
+                    self._unix_path = _values.unix_path(
+                        os.path.join(self._unix_tmpdir, "server.sock"),
+                        "the socket path in the temporary directory (set TMPDIR shorter)",
+                    )
                 bind_to: Any = self._unix_path
             else:
                 if self._bind_port:  # a fixed port may be rebound while old ones linger
@@ -511,34 +579,81 @@ class ThreadedServer:
         self.stop()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop accepting, shut down live connections and join the workers.
+        """Stop accepting, serve what was accepted, shut down connections, join the workers.
 
-        Bounded even when clients stay connected and handlers are blocked in ``recv``: the
-        listener is closed, every live connection is shut down (so a blocked ``recv``
-        returns ``b""``), ``conn.stopping`` is set, and workers are joined with ``timeout``
-        (default ``stop_timeout``). Calling it again does nothing.
+        Bounded even when clients stay connected and handlers are blocked in ``recv``:
+        connections still waiting in the listen backlog are accepted, the listener is closed,
+        every connection is shut down (a blocked ``recv`` returns what the client had sent,
+        then ``b""``), ``conn.stopping`` is set, and workers are joined with ``timeout``
+        (default ``stop_timeout``). A connection accepted before the stop gets its handler
+        run, even if it had not started yet, so no handler error is lost; one whose handler
+        could not start in time is recorded ``how_closed="unserved"`` and reported.
+
+        Threads that call it while another thread is stopping the server wait for that stop
+        to end and raise the same error; a call after the server stopped does nothing.
 
         Raises:
             HandlerError: a handler raised (each server-side traceback is in the message).
             ServerStopTimeout: a worker did not finish in time (named, with its stack).
         """
-        if self._state in ("new", "stopped"):
-            self._state = "stopped"
-            return
-        if self._state == "stopping":
-            return
-        self._state = "stopping"
-        timeout = self.stop_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
+        timeout = self.stop_timeout if timeout is None else _values.seconds(timeout, "timeout")
         with self._lock:
-            self._stop_flag = True
-            if self._stop_event is not None:
-                self._stop_event.set()
+            state = self._state
+            if state in ("new", "stopped"):
+                self._state = "stopped"
+                return
+            if state == "stopping":
+                current = threading.current_thread()
+                if current in self._threads or current in self._pool_threads:
+                    return  # a handler of this server: the stopping thread is joining it
+                done = self._stop_done
+                if done is None:
+                    done = self._stop_done = threading.Event()
+                wait = max(0.0, self._stop_deadline - time.monotonic()) + _STOP_WAIT_MARGIN
+            else:
+                done = None
+                wait = 0.0
+                self._state = "stopping"
+                self._stop_flag = True
+                self._stop_deadline = time.monotonic() + timeout
+                if self._stop_event is not None:
+                    self._stop_event.set()
+        if done is not None:
+            if not done.wait(wait):
+                raise ServerStopTimeout(
+                    self.name,
+                    f"server {self.name}: another thread's stop() did not end in {wait:g}s",
+                    [],
+                )
+            if self._stop_error is not None:
+                raise self._stop_error
+            return
+        error: BaseException | None = None
+        try:
+            self._stop(timeout)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            with self._lock:
+                self._state = "stopped"
+                self._stop_error = error
+                if self._stop_done is not None:
+                    self._stop_done.set()
+
+    def _stop(self, timeout: float) -> None:
+        deadline = self._stop_deadline
         reactor = self._reactor
         sock = self._sock
         with reactor.lock:
             self._listener.closed = True
+            backoff = self._backoff
+            if backoff is not None:
+                backoff.cancel()
             if sock is not None:
+                # Connections the kernel accepted for us (the client's connect() returned,
+                # its data may be on the way) are served, not reset by the close.
+                self._accept_ready(draining=True)
                 reactor.unregister_locked(sock)
                 sock.close()
             # Unregistered under the reactor's lock: no connection can be accepted now.
@@ -550,7 +665,6 @@ class ThreadedServer:
         if idle and self._executor is None:
             # Nothing to shut down or join (the common case of a fixture server).
             self._remove_unix_path()
-            self._state = "stopped"
             self._raise_errors()
             return
         with self._lock:
@@ -559,32 +673,49 @@ class ThreadedServer:
             if isinstance(conn, socket.socket):
                 try:
                     # The base-class shutdown: SSLSocket.shutdown would drop its SSL object
-                    # under the worker thread that is using it.
+                    # under the worker thread that is using it. What the client sent stays
+                    # readable; then recv() returns b"".
                     socket.socket.shutdown(conn, socket.SHUT_RDWR)
                 except OSError:
                     pass
         executor = self._executor
         if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
-            for record, (conn, fut) in live:
-                if isinstance(fut, concurrent.futures.Future) and fut.cancelled():
-                    conn.close()
-                    self._finish(record, "server-stop")
+            # Queued connections are not cancelled: their handlers run once the running
+            # ones return (which the shutdown above makes them do).
+            executor.shutdown(wait=False)
+        current = threading.current_thread()
         with self._lock:
             threads = list(self._threads) + list(self._pool_threads)
-        current = threading.current_thread()
+        if executor is not None:
+            # A pool thread may not have run its initializer (which lists it) yet.
+            pool = getattr(executor, "_threads", ())
+            threads += [t for t in list(pool) if t not in threads]
         for thread in threads:
             if thread is not current:  # stop() called from a handler: do not join itself
                 thread.join(max(0.0, deadline - time.monotonic()))
+        unserved: list[ConnectionRecord] = []
+        if executor is not None:
+            with self._lock:
+                queued = [
+                    (record, entry[0], entry[1])
+                    for record, entry in self._live.items()
+                    if isinstance(entry[1], concurrent.futures.Future)
+                ]
+            for record, conn, future in queued:
+                if future.cancel():  # still queued after the timeout: never served
+                    conn.close()
+                    self._finish(record, "unserved")
+                    unserved.append(record)
         stuck = [t for t in threads if t.is_alive() and t is not current]
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()]
         self._remove_unix_path()
-        self._state = "stopped"
-        stuck_report = self._stuck_report(stuck, timeout) if stuck else ""
-        self._raise_errors(extra=stuck_report)
-        if stuck:
-            raise ServerStopTimeout(self.name, stuck_report, stuck)
+        report = ""
+        if stuck or unserved:
+            report = self._stuck_report(stuck, unserved, timeout)
+        self._raise_errors(extra=report)
+        if stuck or unserved:
+            raise ServerStopTimeout(self.name, report, stuck, unserved)
 
     def check(self) -> None:
         """Raise :class:`HandlerError` now for handler errors not raised before."""
@@ -592,19 +723,30 @@ class ThreadedServer:
 
     def _raise_errors(self, extra: str = "") -> None:
         with self._lock:
+            self._note_accept_failures()
             new = self._errors[self._reported :]
             self._reported = len(self._errors)
         if new:
             raise HandlerError(self.name, new, extra)
 
-    def _stuck_report(self, stuck: list[threading.Thread], timeout: float) -> str:
-        parts = [
-            f"server {self.name}: {len(stuck)} worker thread(s) still running "
-            f"{timeout:g}s after stop() (left running as daemon threads):"
-        ]
+    def _stuck_report(
+        self, stuck: list[threading.Thread], unserved: list[ConnectionRecord], timeout: float
+    ) -> str:
+        parts = []
+        if stuck:
+            parts.append(
+                f"server {self.name}: {len(stuck)} worker thread(s) still running "
+                f"{timeout:g}s after stop() (left running as daemon threads):"
+            )
         for thread in stuck:
             stack = format_thread_stack(thread)
             parts.append(f"--- thread {thread.name!r}, current stack:\n{stack}")
+        if unserved:
+            which = ", ".join(f"#{r.index} from {_format_address(r.peer)}" for r in unserved)
+            parts.append(
+                f"server {self.name}: {len(unserved)} accepted connection(s) dropped unserved "
+                f"(their handler had not started {timeout:g}s after stop()): {which}"
+            )
         return "\n".join(parts)
 
     def _remove_unix_path(self) -> None:
@@ -671,7 +813,16 @@ class ThreadedServer:
     def errors(self) -> list[BaseException]:
         """Every handler error so far (raised or not yet raised)."""
         with self._lock:
+            self._note_accept_failures()
             return [exc for _, exc, _ in self._errors]
+
+    def _note_accept_failures(self) -> None:
+        """Record accept() failures counted since the last report as one error (lock held)."""
+        backoff = self._backoff
+        if backoff is not None:
+            taken = backoff.take_report()
+            if taken is not None:
+                self._errors.append((None, *taken))
 
     def wait_for_connections(
         self, count: int = 1, *, closed: bool = False, timeout: float = 10.0
@@ -698,27 +849,61 @@ class ThreadedServer:
 
     # -- reactor side ------------------------------------------------------------------
 
-    def _accept_ready(self) -> None:
-        # Runs in the reactor thread with the reactor lock held.
+    def _accept_ready(self, draining: bool = False) -> None:
+        """Accept what is pending (reactor thread or ``stop()``, reactor lock held)."""
         sock = self._sock
-        if sock is None or self._listener.closed:
+        if sock is None or (self._listener.closed and not draining):
             return
-        for _ in range(64):
+        # A burst is bounded so that one busy server cannot starve the others; stop()
+        # drains the whole backlog.
+        for _ in range(1 << 30 if draining else 64):
             try:
                 fd, peer = sock._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue
+                break
             except OSError as exc:
-                # EMFILE and friends: report it, and stop accepting rather than spin.
-                self._record_error(None, exc)
-                self._listener.closed = True
-                self._reactor.unregister_locked(sock)
-                return
+                if is_retryable_accept_error(exc):
+                    continue  # that client's connection failed; the next may be fine
+                if not draining:
+                    self._pause_accepting(exc)
+                break
             self._serve(fd, peer)
+        if not draining and self._backoff is not None:
+            self._backoff.succeeded()
+
+    def _pause_accepting(self, exc: OSError | None) -> None:
+        """accept() failed (descriptors exhausted, say): stop listening for a while.
+
+        The listening socket stays readable, so trying again at once would spin. The
+        failures are counted and reported once (:meth:`_raise_errors`), not one per try.
+        """
+        backoff = self._backoff
+        if backoff is None:
+            backoff = self._backoff = AcceptBackoff(f"server {self.name}")
+        sock = self._sock
+        if sock is None or self._listener.closed:
+            return
+        self._reactor.unregister_locked(sock)
+        if exc is not None:
+            backoff.failed(exc)
+        backoff.schedule(self._reactor, self._resume_accepting, self._listener.on_reactor_error)
+
+    def _resume_accepting(self) -> None:
+        sock = self._sock
+        if sock is None or self._listener.closed:
+            return
+        self._reactor.register_locked(sock, EVENT_READ, self._listener)
+        self._accept_ready()
 
     def _serve(self, fd: int, peer: Any) -> None:
+        selector = self.concurrency == "selector"
+        try:
+            sock = (socket.socket if selector else ServerConnection)(
+                self._family, socket.SOCK_STREAM, 0, fileno=fd
+            )
+        except BaseException:
+            _close_fd(fd)
+            raise
         with self._lock:
             record = ConnectionRecord(
                 index=len(self._records),
@@ -728,11 +913,19 @@ class ThreadedServer:
             self._records.append(record)
             if self._changed_cond is not None:
                 self._changed_cond.notify_all()
+        try:
+            self._hand_on(sock, record)
+        except BaseException as exc:  # this connection's failure, not the listener's
+            sock.close()
+            self._record_error(record, exc)
+            self._finish(record, "error")
+
+    def _hand_on(self, sock: socket.socket, record: ConnectionRecord) -> None:
+        """Start serving an accepted connection (reactor lock held)."""
         if self.concurrency == "selector":
-            raw = socket.socket(self._family, socket.SOCK_STREAM, 0, fileno=fd)
-            raw.setblocking(False)
+            sock.setblocking(False)
             native_factory = getattr(self.handler, "native")  # noqa: B009
-            native: NativeConnection = native_factory(self, raw, record)
+            native: NativeConnection = native_factory(self, sock, record)
             with self._lock:
                 self._live[record] = [native, None]
             try:
@@ -740,7 +933,8 @@ class ThreadedServer:
             except BaseException as exc:
                 native.on_reactor_error(exc)
             return
-        conn = ServerConnection(self._family, socket.SOCK_STREAM, 0, fileno=fd)
+        assert isinstance(sock, ServerConnection)
+        conn = sock
         conn.setblocking(True)
         conn.record = record
         conn.stopping = self._stopping
@@ -786,9 +980,7 @@ class ThreadedServer:
         record.thread_name = threading.current_thread().name
         how: HowClosed | None = None
         try:
-            if self._stop_flag:
-                how = "server-stop"
-                return
+            # Started after stop() began, too: the handler runs on what the client sent.
             conn = self._prepare(conn)
             self.handler(conn)
         except BaseException as exc:
@@ -822,7 +1014,7 @@ class ThreadedServer:
         if isinstance(exc, TLSHandshakeFailed):
             record.error = str(exc)
             return "handshake-failed"
-        if self._stop_flag and isinstance(exc, (OSError, ValueError)):
+        if self._stop_flag and _caused_by_stop(exc):
             # The server shut the connection down under the handler: not the handler's bug.
             return "server-stop"
         if self.ignore_disconnects and isinstance(exc, _DISCONNECTS):

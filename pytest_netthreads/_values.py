@@ -1,0 +1,70 @@
+"""Checks of the values users pass in: one wording, one error type per mistake.
+
+A wrong type (a string, a bool where a number is wanted) raises ``TypeError``; a value of the
+right type that is out of range (NaN, an infinity, a negative number, a port above 65535)
+raises ``ValueError``. Each message names the parameter and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+UNIX_PATH_MAX = 107
+"""The longest path a Unix domain socket can be bound to, in bytes (``sun_path`` holds 108
+on Linux, with the terminating NUL)."""
+
+
+def seconds(
+    value: object, what: str, *, positive: bool = False, maximum: float | None = None
+) -> float:
+    """``value`` as a finite number of seconds, ``>= 0`` (``> 0`` with ``positive``)."""
+    low = "> 0" if positive else ">= 0"
+    high = "" if maximum is None else f" and <= {maximum:g}"
+    expected = f"a finite number of seconds {low}{high}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be {expected}, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int too big for a float
+        raise ValueError(f"{what} must be {expected}, got {value!r}") from None
+    if (
+        not math.isfinite(number)
+        or number < 0
+        or (positive and number == 0)
+        or (maximum is not None and number > maximum)
+    ):
+        raise ValueError(f"{what} must be {expected}, got {value!r}")
+    return number
+
+
+def port(value: object, what: str, *, allow_zero: bool = True) -> int:
+    """``value`` as a TCP port number: 0 to 65535 (1 to 65535 without ``allow_zero``)."""
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int from {low} to 65535, got {value!r}")
+    if not low <= value <= 65535:
+        raise ValueError(f"{what} must be from {low} to 65535, got {value}")
+    return value
+
+
+def unix_path(value: object, what: str) -> str:
+    """``value`` as a path a Unix domain socket can be bound to (not empty, not too long)."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str or os.PathLike path, got {value!r}")
+    if not value:
+        raise ValueError(
+            f"{what} must not be empty (an empty path binds an unnamed abstract socket that "
+            "no client can connect to)"
+        )
+    if "\0" in value.lstrip("\0"):
+        raise ValueError(f"{what} must not contain a NUL byte, got {value!r}")
+    length = len(os.fsencode(value))
+    if length > UNIX_PATH_MAX:
+        raise ValueError(
+            f"{what} is {length} bytes long; a Unix socket path can be at most "
+            f"{UNIX_PATH_MAX} bytes (sun_path): {value!r}"
+        )
+    return value
