@@ -68,3 +68,12 @@ def unix_path(value: object, what: str) -> str:
             f"{UNIX_PATH_MAX} bytes (sun_path): {value!r}"
         )
     return value
+
+
+def wait_arguments(count: object, timeout: object) -> tuple[int, float]:
+    """The arguments of ``wait_for_connections(count, timeout=...)``, checked."""
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise TypeError(f"count must be an int >= 0, got {count!r}")
+    if count < 0:
+        raise ValueError(f"count must be an int >= 0, got {count}")
+    return count, seconds(timeout, "timeout")

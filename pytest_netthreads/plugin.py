@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -65,8 +66,26 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    global _interrupted
     del config
+    _interrupted = False
     shutdown_reactor_if_idle()
+
+
+# Set once the session was interrupted (Ctrl-C). pytest then tears the fixtures down in
+# pytest_sessionfinish, where an exception is a crash (a traceback, exit status 1) rather
+# than the usual "interrupted" (2): the fixtures print their servers' errors instead.
+_interrupted = False
+
+
+def pytest_keyboard_interrupt() -> None:
+    global _interrupted
+    _interrupted = True
+
+
+def _print_after_interrupt(exc: BaseException) -> None:
+    print(f"\npytest-netthreads: stopped after the interrupt: {type(exc).__name__}: {exc}",
+          file=sys.stderr)
 
 
 # -- one summary of the run ------------------------------------------------------------------
@@ -205,6 +224,9 @@ def _server_errors_fail() -> Iterator[None]:
     try:
         yield
     except ServerError as exc:
+        if _interrupted:
+            _print_after_interrupt(exc)
+            return
         raise pytest.fail.Exception(f"{type(exc).__name__}: {exc}", pytrace=False) from None
 
 
@@ -658,7 +680,10 @@ def fault_proxy(request: pytest.FixtureRequest) -> Iterator[Callable[..., FaultP
             proxy.stop()
         except ProxyError as exc:
             errors.append(exc)
-    if errors:
+    if errors and _interrupted:
+        for error in errors:
+            _print_after_interrupt(error)
+    elif errors:
         raise errors[0]
 
 

@@ -403,6 +403,19 @@ def test_cannot_start_twice_and_needs_start_for_an_address(echo: ThreadedServer)
         ((("127.0.0.1", 1), "latency"), {}, TypeError, "faults must be proxy faults"),
         ((("127.0.0.1", 1),), {"seed": "x"}, TypeError, "seed must be an int"),
         ((("127.0.0.1", 1),), {"port": 70000}, ValueError, "port must be"),
+        ((("127.0.0.1", 1),), {"port": -1}, ValueError, "port must be from 0 to 65535, got -1"),
+        # Used to connect to port 4464 (70000 mod 65536) without a word.
+        ((("127.0.0.1", 70000),), {}, ValueError, "target port must be from 1 to 65535, got 70000"),
+        ((("127.0.0.1", -1),), {}, ValueError, "target port must be from 1 to 65535, got -1"),
+        ((("127.0.0.1", 0),), {}, ValueError, "target port must be from 1 to 65535, got 0"),
+        (("",), {}, ValueError, "target .* must not be empty"),
+        (("/tmp/" + "s" * 200,), {}, ValueError, "at most 107 bytes"),
+        ((("127.0.0.1", 1),), {"stop_timeout": float("inf")}, ValueError,
+         "stop_timeout must be a finite number of seconds"),
+        ((("127.0.0.1", 1),), {"stop_timeout": float("nan")}, ValueError, "stop_timeout"),
+        ((("127.0.0.1", 1),), {"log_limit": -1}, ValueError, "log_limit must be an int >= 0"),
+        ((("127.0.0.1", 1),), {"log_limit": 1.5}, TypeError, "log_limit must be an int"),
+        ((("127.0.0.1", 1),), {"name": 3}, TypeError, "name must be a non-empty str"),
     ],
 )
 def test_bad_arguments(
@@ -410,6 +423,19 @@ def test_bad_arguments(
 ) -> None:
     with pytest.raises(error, match=message):
         FaultProxy(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_an_infinite_stop_timeout_is_refused_and_the_proxy_keeps_running() -> None:
+    with ThreadedServer(handlers.echo) as target:
+        proxy = FaultProxy(target).start()
+        with pytest.raises(ValueError, match="timeout must be a finite number of seconds"):
+            proxy.stop(float("inf"))
+        with socket.create_connection(proxy.address, timeout=10) as client:
+            client.sendall(b"on")
+            assert recv_exactly(client, 2) == b"on"
+        proxy.stop()
+        with pytest.raises(ConnectionRefusedError):  # stopped for real: nobody listens there
+            socket.create_connection(proxy.address, timeout=10).close()
 
 
 # -- the shared event loop ------------------------------------------------------------------

@@ -132,13 +132,26 @@ def test_stop_timeout_argument_is_checked_before_anything_stops() -> None:
     assert not srv.running
 
 
+def test_wait_for_connections_checks_its_arguments() -> None:
+    with ThreadedServer(handlers.echo) as srv:
+        for kwargs, error, match in (
+            ({"count": -1}, ValueError, "count must be an int >= 0"),
+            ({"count": 1.0}, TypeError, "count must be an int"),
+            ({"timeout": float("nan")}, ValueError, "timeout must be a finite number"),
+            ({"timeout": float("inf")}, ValueError, "timeout must be a finite number"),
+            ({"timeout": -1}, ValueError, "timeout must be a finite number"),
+        ):
+            with pytest.raises(error, match=match):
+                srv.wait_for_connections(**kwargs)  # type: ignore[arg-type]
+
+
 def test_a_too_long_temp_dir_for_a_unix_socket_is_named(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     deep = tmp_path / ("d" * 100)
     deep.mkdir()
     monkeypatch.setenv("TMPDIR", str(deep))
     monkeypatch.setattr("tempfile.tempdir", None)
     srv = ThreadedServer(handlers.echo, unix=True)
-    with pytest.raises(ValueError, match="set TMPDIR shorter.*at most 107 bytes"):
+    with pytest.raises(ValueError, match=r"set TMPDIR shorter.*at most 107 bytes"):
         srv.start()
     assert not srv.running
     assert list(deep.iterdir()) == []  # the temporary directory was removed again

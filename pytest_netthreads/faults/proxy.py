@@ -523,6 +523,7 @@ class FaultProxy:
         self, count: int = 1, *, closed: bool = False, timeout: float = 10.0
     ) -> list[ProxyConnection]:
         """Block until ``count`` connections were accepted (or closed); ``TimeoutError``."""
+        count, timeout = _values.wait_arguments(count, timeout)
 
         def ready() -> bool:
             n = sum(1 for r in self._records if r.closed) if closed else len(self._records)
@@ -651,6 +652,8 @@ class FaultProxy:
                     continue
                 self._pause_accepting(exc)
                 return
+            if self._backoff is not None:
+                self._backoff.succeeded()
             client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fileno=fd)
             client.setblocking(False)
             _nodelay(client)
@@ -661,8 +664,6 @@ class FaultProxy:
             conn = _Conn(self, record, client)
             self._live[conn.index] = conn
             self._begin(conn)
-        if self._backoff is not None:
-            self._backoff.succeeded()
 
     def _pause_accepting(self, exc: OSError | None) -> None:
         """accept() failed (descriptors exhausted, say): stop listening for a while.

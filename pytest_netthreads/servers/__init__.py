@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import handlers
+from ._reactor import ReactorDied
 from .core import (
     Address,
     ConnectionRecord,
@@ -20,6 +21,7 @@ __all__ = [
     "ConnectionRecord",
     "HandlerError",
     "NativeConnection",
+    "ReactorDied",
     "ServerConnection",
     "ServerError",
     "ServerStopTimeout",

@@ -832,6 +832,7 @@ class ThreadedServer:
         Returns the records (a snapshot). Raises :class:`TimeoutError` naming what was
         awaited and what was seen when ``timeout`` passes first.
         """
+        count, timeout = _values.wait_arguments(count, timeout)
         def ready() -> bool:
             n = sum(1 for r in self._records if r.closed) if closed else len(self._records)
             return n >= count
@@ -866,10 +867,10 @@ class ThreadedServer:
                     continue  # that client's connection failed; the next may be fine
                 if not draining:
                     self._pause_accepting(exc)
-                break
+                return
+            if self._backoff is not None:
+                self._backoff.succeeded()
             self._serve(fd, peer)
-        if not draining and self._backoff is not None:
-            self._backoff.succeeded()
 
     def _pause_accepting(self, exc: OSError | None) -> None:
         """accept() failed (descriptors exhausted, say): stop listening for a while.
