@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import socket
 import struct
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,25 @@ _CHUNK = 256 * 1024
 # stream is flowing, and the next ones take _CHUNK (fewer system calls per byte for bulk).
 _SMALL = 128 * 1024 - 64
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` if it is an int (not a bool) from ``minimum`` up, else the error naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value >= sys.maxsize:  # it is a read size, plus one
+        raise ValueError(f"{name} must be less than sys.maxsize, got {value}")
+    return value
+
+
+def _as_bytes(name: str, value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{name} must be bytes, got {type(value).__name__}")
 
 
 def _drain_until_eof(conn: ServerConnection) -> None:
@@ -244,11 +264,9 @@ class Banner:
     """
 
     def __init__(self, data: bytes, *, then: Callable[[ServerConnection], object] | None = None):
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be bytes, got {type(data).__name__}")
+        self.data = _as_bytes("data", data)
         if then is not None and not callable(then):
             raise TypeError(f"then must be a handler (callable) or None, got {then!r}")
-        self.data = bytes(data)
         self.then = then
         self.__name__ = "banner"
 
@@ -270,7 +288,8 @@ class Expect:
     data: bytes
 
     def __post_init__(self) -> None:
-        if not isinstance(self.data, bytes) or not self.data:
+        object.__setattr__(self, "data", _as_bytes("Expect(data)", self.data))
+        if not self.data:
             raise ValueError(f"Expect(data) must be non-empty bytes, got {self.data!r}")
 
 
@@ -281,8 +300,7 @@ class Send:
     data: bytes
 
     def __post_init__(self) -> None:
-        if not isinstance(self.data, bytes):
-            raise ValueError(f"Send(data) must be bytes, got {self.data!r}")
+        object.__setattr__(self, "data", _as_bytes("Send(data)", self.data))
 
 
 @dataclass(frozen=True)
@@ -290,6 +308,10 @@ class CloseStep:
     """A script step: the server closes (FIN, or RST with ``reset=True``)."""
 
     reset: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.reset, bool):
+            raise TypeError(f"CloseStep(reset) must be True or False, got {self.reset!r}")
 
 
 class ScriptMismatch(AssertionError):
@@ -302,6 +324,7 @@ class Script:
     ``Script(Expect(b"HELO\\r\\n"), Send(b"250 hi\\r\\n"), CloseStep())``. A mismatch is a
     handler error (so the test fails) showing the step, what was expected and what came.
     When the steps run out, the server closes with a FIN (unless the last step closed).
+    An ``Expect`` step reads no more than its own length, whatever the client sends.
     """
 
     def __init__(self, *steps: Expect | Send | CloseStep) -> None:
@@ -338,7 +361,7 @@ class Script:
 def _recv_exactly(conn: ServerConnection, n: int) -> bytes:
     chunks = bytearray()
     while len(chunks) < n:
-        data = conn.recv(n - len(chunks))
+        data = conn.recv(min(n - len(chunks), _CHUNK))
         if not data:
             break
         chunks += data
@@ -363,12 +386,32 @@ class KeyValue:
     Anything else gets ``ERROR <reason>`` and the connection stays usable. Lines longer than
     ``max_line`` get ``ERROR line too long`` and the connection is closed. ``store`` is
     shared by every connection (guarded by a lock) and may be inspected by tests.
+
+    Args:
+        store: the initial contents, str keys (non-empty, no space or newline) to str values
+            (no newline).
+        max_line: the longest request line accepted, in bytes without its ``\\n``; a
+            connection holds at most this much of a line in memory.
     """
 
     def __init__(self, store: Mapping[str, str] | None = None, *, max_line: int = 65536):
+        if store is not None and not isinstance(store, Mapping):
+            raise TypeError(f"store must be a mapping of str to str or None, got {store!r}")
+        for key, value in (store or {}).items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise TypeError(f"store must map str to str, got {key!r}: {value!r}")
+            if not key or " " in key or "\n" in key or not _utf8(key):
+                raise ValueError(
+                    f"store keys must be non-empty UTF-8 text without spaces or newlines, "
+                    f"got {key!r}"
+                )
+            if "\n" in value or not _utf8(value):
+                raise ValueError(
+                    f"store values must be UTF-8 text without newlines, got {key!r}: {value!r}"
+                )
+        self.max_line = _check_int("max_line", max_line, 1)
         self.store: dict[str, str] = dict(store or {})
         self.lock = threading.Lock()
-        self.max_line = max_line
         self.commands = 0
         self.__name__ = "kv"
 
@@ -403,6 +446,7 @@ class KeyValue:
                     return
                 if len(raw) > self.max_line and not raw.endswith(b"\n"):
                     conn.sendall(b"ERROR line too long\n")
+                    _linger(conn, rfile)
                     return
                 try:
                     line = raw.decode("utf-8").rstrip("\r\n")
@@ -416,6 +460,14 @@ class KeyValue:
                 conn.sendall(reply.encode("utf-8") + b"\n")
         finally:
             rfile.close()
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    return True
 
 
 # -- minimal HTTP/1.1 responder --------------------------------------------------------
@@ -446,12 +498,74 @@ class HTTPRequest:
 
 @dataclass
 class HTTPResponse:
-    """What the responder sends. ``Content-Length`` is added unless given."""
+    """What the responder sends. ``Content-Length`` is added unless given.
+
+    Args:
+        status: the status code, an int from 100 to 999.
+        body: the body, bytes.
+        headers: ``(name, value)`` str pairs; names are tokens, values Latin-1 text without
+            CR, LF or NUL (so a header cannot end the head early).
+        reason: the reason phrase; by default the standard one for ``status``.
+    """
 
     status: int = 200
     body: bytes = b""
     headers: Sequence[tuple[str, str]] = field(default_factory=list)
     reason: str | None = None
+
+    def __post_init__(self) -> None:
+        body: object = self.body
+        if isinstance(body, (bytearray, memoryview)):
+            self.body = bytes(body)
+        self._check()
+
+    def _check(self) -> None:
+        """Raise TypeError/ValueError naming the field that cannot be sent."""
+        status = self.status
+        if isinstance(status, bool) or not isinstance(status, int):
+            raise TypeError(f"HTTPResponse(status) must be an int from 100 to 999, got {status!r}")
+        if not 100 <= status <= 999:
+            raise ValueError(f"HTTPResponse(status) must be from 100 to 999, got {status}")
+        if not isinstance(self.body, bytes):
+            raise TypeError(f"HTTPResponse(body) must be bytes, got {type(self.body).__name__}")
+        headers = self.headers
+        if isinstance(headers, (str, bytes, bytearray, Mapping)) or not isinstance(
+            headers, Sequence
+        ):
+            raise TypeError(
+                f"HTTPResponse(headers) must be a sequence of (name, value) str pairs, "
+                f"got {headers!r}"
+            )
+        for item in headers:
+            if not (
+                isinstance(item, (tuple, list))
+                and len(item) == 2
+                and isinstance(item[0], str)
+                and isinstance(item[1], str)
+            ):
+                raise TypeError(
+                    f"HTTPResponse(headers) items must be (name, value) str pairs, got {item!r}"
+                )
+            if not _TOKEN_TEXT.fullmatch(item[0]):
+                raise ValueError(f"HTTPResponse(headers) name {item[0]!r} is not an HTTP token")
+            if not _sendable(item[1]):
+                raise ValueError(
+                    f"HTTPResponse(headers) value of {item[0]!r} must be Latin-1 text without "
+                    f"CR, LF or NUL, got {item[1]!r}"
+                )
+        reason = self.reason
+        if reason is not None:
+            if not isinstance(reason, str):
+                raise TypeError(f"HTTPResponse(reason) must be a str or None, got {reason!r}")
+            if not _sendable(reason):
+                raise ValueError(
+                    f"HTTPResponse(reason) must be Latin-1 text without CR, LF or NUL, "
+                    f"got {reason!r}"
+                )
+
+
+def _sendable(text: str) -> bool:
+    return not _BREAKS_HEAD.search(text) and all(ord(c) < 256 for c in text)
 
 
 _REASONS = {
@@ -463,13 +577,73 @@ _REASONS = {
     503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }
 
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# The grammar of RFC 9110/9112, strictly: anything else in a request is a 400.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN_TEXT = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+")  # no controls, no spaces
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")  # VCHAR / obs-text / SP / HTAB
+# chunk-size = 1*HEXDIG, then optional extensions (ignored) after ";"
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?")
+_BREAKS_HEAD = re.compile(r"[\r\n\x00]")
+_MAX_CHUNK_LINE = 1024  # a chunk-size line with its extensions
+# After an error response the server reads (and drops) up to this much of what the client
+# is still sending before it closes: closing with unread data sends an RST, and an RST makes
+# the client's kernel discard the response before the client has read it.
+_LINGER_BYTES = 1024 * 1024
+_PIECE = 64 * 1024  # request bodies are read (and refused ones dropped) this much at a time
 
 
 class _BadRequest(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
+        self.method = "GET"  # HEAD once the request line said so: then no body is sent
+
+
+def _strip_eol(raw: bytes) -> bytes | None:
+    """``raw`` without its CRLF or LF; None when it has none (cut at a limit or at EOF)."""
+    if raw.endswith(b"\r\n"):
+        return raw[:-2]
+    if raw.endswith(b"\n"):
+        return raw[:-1]
+    return None
+
+
+def _read_into(rfile: Any, body: bytearray, n: int) -> bool:
+    """Append exactly ``n`` bytes to ``body``; False at EOF before that.
+
+    Read in pieces so that memory follows what the client really sent, not what it
+    declared.
+    """
+    while n > 0:
+        piece = rfile.read(min(n, _PIECE))
+        if not piece:
+            return False
+        body += piece
+        n -= len(piece)
+    return True
+
+
+def _linger(conn: ServerConnection, rfile: Any) -> None:
+    """Half-close, then discard up to ``_LINGER_BYTES`` of input until the client closes.
+
+    The caller has just sent its last response; the client may still be sending (a body
+    that was refused, say). Discarding it lets the client finish sending and read the
+    response, instead of getting a reset.
+    """
+    try:
+        # The base-class shutdown: SSLSocket.shutdown would drop the TLS layer in use.
+        socket.socket.shutdown(conn, socket.SHUT_WR)
+        buffer = bytearray(_PIECE)
+        left = _LINGER_BYTES
+        while left > 0:
+            n = rfile.readinto1(buffer)
+            if not n:
+                return
+            left -= n
+    except OSError:  # the client reset the connection, or the server is stopping
+        pass
 
 
 class HTTPResponder:
@@ -478,13 +652,18 @@ class HTTPResponder:
     Keep-alive aware: HTTP/1.1 connections stay open unless either side says
     ``Connection: close``; HTTP/1.0 ones close unless the client asked for keep-alive.
     Request bodies are read by ``Content-Length`` or ``Transfer-Encoding: chunked``.
-    Malformed requests get a 4xx response and the connection is closed.
+    Malformed requests get a 4xx response (with a short body saying what was wrong) and the
+    connection is closed.
 
     Args:
         respond: either a fixed :class:`HTTPResponse` (or ``bytes`` for a 200 body), or a
             function ``respond(request) -> HTTPResponse`` called for each request. An
             exception in it is a handler error (the client gets a 500 first).
-        max_header_bytes: requests whose head is larger get a 431 response.
+        max_header_bytes: requests whose head (request line and headers) is larger get a
+            431 response; the trailers of a chunked body have the same limit.
+        max_body_bytes: requests whose body is larger get a 413 response; no more than this
+            is buffered per request.
+        max_headers: requests with more header fields (or trailer fields) get a 431.
 
     Attributes:
         requests: every request received so far, in order.
@@ -496,6 +675,7 @@ class HTTPResponder:
         *,
         max_header_bytes: int = 65536,
         max_body_bytes: int = 64 * 1024 * 1024,
+        max_headers: int = 100,
     ) -> None:
         if isinstance(respond, (bytes, bytearray)):
             fixed = HTTPResponse(body=bytes(respond))
@@ -508,8 +688,9 @@ class HTTPResponder:
             raise TypeError(
                 f"respond must be an HTTPResponse, bytes or a function, got {respond!r}"
             )
-        self.max_header_bytes = max_header_bytes
-        self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = _check_int("max_header_bytes", max_header_bytes, 1)
+        self.max_body_bytes = _check_int("max_body_bytes", max_body_bytes, 0)
+        self.max_headers = _check_int("max_headers", max_headers, 0)
         self.requests: list[HTTPRequest] = []
         self._lock = threading.Lock()
         self.__name__ = "http"
@@ -521,7 +702,8 @@ class HTTPResponder:
                 try:
                     request = self._read_request(rfile, conn.record)
                 except _BadRequest as exc:
-                    self._send(conn, HTTPResponse(exc.status, str(exc).encode()), "HEAD", False)
+                    self._send(conn, HTTPResponse(exc.status, str(exc).encode()), exc.method, False)
+                    _linger(conn, rfile)
                     return
                 if request is None:
                     return
@@ -529,8 +711,18 @@ class HTTPResponder:
                     self.requests.append(request)
                 try:
                     response = self._respond(request)
+                    if not isinstance(response, HTTPResponse):
+                        raise TypeError(
+                            f"respond(request) must return an HTTPResponse, got {response!r}"
+                        )
+                    response._check()  # it may have been changed since it was made
                 except BaseException:
-                    self._send(conn, HTTPResponse(500, b"handler error"), request.method, False)
+                    try:
+                        self._send(
+                            conn, HTTPResponse(500, b"handler error"), request.method, False
+                        )
+                    except OSError:
+                        pass  # the client is gone: the error to report is the one raised
                     raise
                 keep = self._keep_alive(request, response)
                 self._send(conn, response, request.method, keep)
@@ -552,74 +744,100 @@ class HTTPResponder:
         return request.version == "HTTP/1.1" or "keep-alive" in tokens
 
     def _read_request(self, rfile: Any, record: ConnectionRecord) -> HTTPRequest | None:
-        line = rfile.readline(self.max_header_bytes + 1)
+        limit = self.max_header_bytes
+        line = rfile.readline(limit + 1)
+        used = len(line)
         while line in (b"\r\n", b"\n"):  # tolerate blank lines before a request (RFC 9112)
-            line = rfile.readline(self.max_header_bytes + 1)
+            if used > limit:
+                raise _BadRequest(431, "headers too large")
+            line = rfile.readline(limit - used + 1)
+            used += len(line)
         if not line:
             return None
-        if not line.endswith(b"\n"):
-            raise _BadRequest(431 if len(line) > self.max_header_bytes else 400, "bad request line")
-        parts = line.rstrip(b"\r\n").split(b" ")
-        if len(parts) != 3 or not _TOKEN.match(parts[0]):
+        content = _strip_eol(line)
+        if content is None or used > limit:
+            raise _BadRequest(431 if used > limit else 400, "bad request line")
+        parts = content.split(b" ")
+        if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not _VERSION.fullmatch(parts[2]):
             raise _BadRequest(400, "bad request line")
         method, target, version = (p.decode("latin-1") for p in parts)
-        if version not in ("HTTP/1.1", "HTTP/1.0"):
-            raise _BadRequest(505, "unsupported version")
-        headers: list[tuple[str, str]] = []
-        total = len(line)
-        while True:
-            hline = rfile.readline(self.max_header_bytes + 1)
-            total += len(hline)
-            if total > self.max_header_bytes:
-                raise _BadRequest(431, "headers too large")
-            if not hline:
-                raise _BadRequest(400, "incomplete headers")
-            if hline in (b"\r\n", b"\n"):
-                break
-            name, sep, value = hline.partition(b":")
-            if not sep or not _TOKEN.match(name):
-                raise _BadRequest(400, "bad header line")
-            headers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
-        request = HTTPRequest(method, target, version, headers, b"", record.index)
-        te = (request.header("transfer-encoding") or "").lower()
-        if te:
-            if te != "chunked":
-                raise _BadRequest(501, "unsupported transfer-encoding")
-            request.body = self._read_chunked(rfile)
-        else:
-            length_text = request.header("content-length")
-            if length_text is not None:
-                if not length_text.isdigit():
-                    raise _BadRequest(400, "bad content-length")
-                length = int(length_text)
-                if length > self.max_body_bytes:
-                    raise _BadRequest(413, "body too large")
-                body = rfile.read(length)
-                if len(body) != length:
-                    raise _BadRequest(400, "incomplete body")
-                request.body = body
+        try:
+            if version not in ("HTTP/1.1", "HTTP/1.0"):
+                raise _BadRequest(505, "unsupported version")
+            if not _TARGET.fullmatch(parts[1]):
+                raise _BadRequest(400, "bad request line")
+            headers = self._read_fields(rfile, limit - used, "headers")
+            request = HTTPRequest(method, target, version, headers, b"", record.index)
+            request.body = self._read_body(rfile, headers)
+        except _BadRequest as exc:
+            exc.method = method
+            raise
         return request
+
+    def _read_fields(self, rfile: Any, budget: int, what: str) -> list[tuple[str, str]]:
+        """Header (or trailer) fields up to the blank line, in at most ``budget`` bytes."""
+        fields: list[tuple[str, str]] = []
+        while True:
+            raw = rfile.readline(budget + 1)
+            budget -= len(raw)
+            if budget < 0:
+                raise _BadRequest(431, f"{what} too large")
+            content = _strip_eol(raw)
+            if content is None:  # EOF: the limit was not reached
+                raise _BadRequest(400, f"incomplete {what}")
+            if not content:
+                return fields
+            if len(fields) >= self.max_headers:
+                raise _BadRequest(431, f"too many {what}")
+            # No space before the colon, no obs-fold (a line starting with a space): the name
+            # must be a token.
+            name, sep, value = content.partition(b":")
+            if not sep or not _TOKEN.fullmatch(name):
+                raise _BadRequest(400, "bad header line")
+            value = value.strip(b" \t")
+            if not _FIELD_VALUE.fullmatch(value):
+                raise _BadRequest(400, "bad header value")
+            fields.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def _read_body(self, rfile: Any, headers: list[tuple[str, str]]) -> bytes:
+        codings = [v for k, v in headers if k.lower() == "transfer-encoding"]
+        lengths = [v for k, v in headers if k.lower() == "content-length"]
+        if codings:
+            if lengths:  # RFC 9112 6.3: a request smuggling vector, refuse it
+                raise _BadRequest(400, "both content-length and transfer-encoding")
+            if [c.strip(" \t").lower() for v in codings for c in v.split(",")] != ["chunked"]:
+                raise _BadRequest(501, "unsupported transfer-encoding")
+            return self._read_chunked(rfile)
+        if not lengths:
+            return b""
+        text = lengths[0]
+        # 1*DIGIT in ASCII: str.isdigit() alone accepts "²"; repeated fields must agree.
+        if not (text.isascii() and text.isdigit()) or any(v != text for v in lengths):
+            raise _BadRequest(400, "bad content-length")
+        digits = text.lstrip("0") or "0"
+        # Compare lengths first: int() of a very long digit string raises ValueError.
+        if len(digits) > len(str(self.max_body_bytes)) or int(digits) > self.max_body_bytes:
+            raise _BadRequest(413, "body too large")
+        body = bytearray()
+        if not _read_into(rfile, body, int(digits)):
+            raise _BadRequest(400, "incomplete body")
+        return bytes(body)
 
     def _read_chunked(self, rfile: Any) -> bytes:
         body = bytearray()
         while True:
-            size_line = rfile.readline(1024)
-            if not size_line.endswith(b"\n"):
+            content = _strip_eol(rfile.readline(_MAX_CHUNK_LINE + 1))
+            match = _CHUNK_SIZE.fullmatch(content) if content is not None else None
+            if match is None:
                 raise _BadRequest(400, "bad chunk size")
-            try:
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _BadRequest(400, "bad chunk size") from None
+            size = int(match.group(1), 16)  # base 16: no digit-count limit applies
             if size == 0:
-                while rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers, ignored
+                self._read_fields(rfile, self.max_header_bytes, "trailers")  # ignored
                 return bytes(body)
             if len(body) + size > self.max_body_bytes:
                 raise _BadRequest(413, "body too large")
-            chunk = rfile.read(size)
-            if len(chunk) != size or rfile.readline(3) not in (b"\r\n", b"\n"):
+            if not _read_into(rfile, body, size) or _strip_eol(rfile.readline(3)) != b"":
                 raise _BadRequest(400, "incomplete chunk")
-            body += chunk
 
     @staticmethod
     def _send(conn: ServerConnection, response: HTTPResponse, method: str, keep: bool) -> None:
@@ -653,4 +871,3 @@ __all__ = [
     "reset",
     "sink",
 ]
-
