@@ -8,7 +8,6 @@ its documented outcome) and leaves the server serving the next client.
 from __future__ import annotations
 
 import contextlib
-
 import http.client
 import io
 import itertools
