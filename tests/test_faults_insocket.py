@@ -217,6 +217,11 @@ def test_undo_restores_the_socket_classes() -> None:
         (lambda: SendError(OSError, at_call=0), ValueError, "at_call must be an int >= 1"),
         (lambda: SocketFaults(address=("127.0.0.1", 1)), ValueError, "need faults"),
         (lambda: SocketFaults().add(RecvChunks([1]), address=42), TypeError, "address must"),
+        # A rule for port 70000 used to be accepted and then match nothing, silently.
+        (lambda: SocketFaults().add(RecvChunks([1]), address=("127.0.0.1", 70000)), ValueError,
+         "address port must be from 1 to 65535, got 70000"),
+        (lambda: SocketFaults().add(RecvChunks([1]), address=("127.0.0.1", "80")), TypeError,
+         "address port must be an int"),
         (lambda: SocketFaults().add("x"), TypeError, "in-process socket faults"),  # type: ignore[arg-type]
     ],
 )

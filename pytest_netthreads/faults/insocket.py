@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _values
 from .specs import RecvChunks, RecvError, SendError, ShortSends, SocketFault
 
 _BASE: Any = socket.SocketType  # the C socket type: the methods socket.socket inherits
@@ -218,9 +219,9 @@ def _peers(address: Any) -> frozenset[Any]:
             f"address must be a (host, port) tuple, a Unix path or an object with .address, "
             f"got {address!r}"
         )
-    host, port = address[0], address[1]
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"address port must be an int, got {port!r}")
+    host = address[0]
+    # A port out of range would match no socket: the faults would be silently ignored.
+    port = _values.port(address[1], "address port", allow_zero=False)
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
             socket.inet_pton(family, host)
