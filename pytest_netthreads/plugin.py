@@ -19,7 +19,12 @@ from . import handlers, hookspecs
 from .detect.deadlock import DeadlockDetector, DeadlockError, HangError
 from .detect.lockorder import LockOrderChecker
 from .detect.socketleak import format_socket_leaks
-from .detect.threadleak import ThreadLeakChecker, compile_patterns, format_thread_leaks
+from .detect.threadleak import (
+    ThreadLeakChecker,
+    compile_patterns,
+    format_thread_leaks,
+    validate_grace,
+)
 from .faults import FaultProxy, ProxyError, SocketFaults
 from .servers import ServerError, ThreadedServer
 from .servers._reactor import shutdown_reactor_if_idle
@@ -364,7 +369,7 @@ def _add_thread_leak_options(parser: pytest.Parser, group: pytest.OptionGroup) -
         metavar="SECONDS",
         default=None,
         help="how long to wait (joining) for a test's threads to finish before calling them "
-        "leaked; default 1.0 (ini: thread_leak_grace)",
+        "(or sockets they still have open) leaked; default 1.0 (ini: thread_leak_grace)",
     )
     group.addoption(
         "--socket-leak-check",
@@ -400,16 +405,7 @@ def _configure_thread_leak(config: pytest.Config) -> None:
     sockets = bool(_leak_option(config, "socket_leak_check"))
     if not (threads or sockets):
         return
-    raw_grace = _leak_option(config, "thread_leak_grace")
-    try:
-        grace = float(str(raw_grace))
-    except ValueError:
-        grace = -1.0
-    if not grace >= 0:
-        raise pytest.UsageError(
-            f"--thread-leak-grace / thread_leak_grace must be a number of seconds >= 0, "
-            f"got {raw_grace!r}"
-        )
+    grace = _leak_grace(_leak_option(config, "thread_leak_grace"))
     try:
         ignore = compile_patterns(config.getini("thread_leak_ignore"), "thread_leak_ignore")
     except ValueError as exc:
@@ -423,6 +419,20 @@ def _configure_thread_leak(config: pytest.Config) -> None:
         _ThreadLeakPlugin(config, checker, threads=threads, sockets=sockets),
         "netthreads-thread-leak",
     )
+
+
+def _leak_grace(raw: object) -> float:
+    what = "--thread-leak-grace / thread_leak_grace"
+    try:
+        grace = float(str(raw))
+    except ValueError:
+        raise pytest.UsageError(f"{what} must be a number of seconds >= 0, got {raw!r}") from None
+    try:
+        validate_grace(grace, what)
+    except ValueError as exc:
+        # Named with the value as given: "inf", "1e10", not its float.
+        raise pytest.UsageError(str(exc).replace(f"got {grace!r}", f"got {raw!r}")) from None
+    return grace
 
 
 class _LeakOwner:
@@ -517,22 +527,8 @@ class _ThreadLeakPlugin:
         if self._ended:
             owners = owners + self._ended
             self._ended = []
-        hook = self.config.hook
         for owner in owners:
-            if not self.checker.has_records(owner):
-                continue
-            allow = _allowed_threads(owner.node) if self.threads else None
-            leaks = self.checker.check(owner, allow=allow)
-            if leaks:
-                hook.pytest_netthreads_thread_leaks(
-                    config=self.config, node=owner.node, owner=owner.label, leaks=leaks
-                )
-            if self.sockets:
-                sockets = self.checker.check_sockets(owner)
-                if sockets:
-                    hook.pytest_netthreads_socket_leaks(
-                        config=self.config, node=owner.node, owner=owner.label, leaks=sockets
-                    )
+            self._check_owner(owner)
         found, self._found = self._found, []
         for kind, line in found:
             _record(item, kind, line)
@@ -543,6 +539,25 @@ class _ThreadLeakPlugin:
         if in_flight is not None and _add_note(in_flight, text):
             return  # the teardown's own error is kept; the leaks come after it
         pytest.fail(text, pytrace=False)
+
+    def _check_owner(self, owner: _LeakOwner) -> None:
+        # A function of its own: the leaked threads and sockets stay referenced by nothing
+        # once it returns (not by the frames of the failure raised after it).
+        if not self.checker.has_records(owner):
+            return
+        # With --socket-leak-check alone every thread is allowed, but still joined (up to
+        # the grace) when a socket is open: an exiting thread may be what closes it.
+        allow = _allowed_threads(owner.node) if self.threads else None
+        threads, sockets = self.checker.check_all(owner, allow=allow)
+        hook = self.config.hook
+        if threads:
+            hook.pytest_netthreads_thread_leaks(
+                config=self.config, node=owner.node, owner=owner.label, leaks=threads
+            )
+        if sockets:
+            hook.pytest_netthreads_socket_leaks(
+                config=self.config, node=owner.node, owner=owner.label, leaks=sockets
+            )
 
     @pytest.hookimpl(trylast=True)
     def pytest_netthreads_thread_leaks(self, owner: str, leaks: list[LeakedThread]) -> object:

@@ -181,3 +181,139 @@ def test_a_client_librarys_socket_is_blamed_on_the_line_that_used_the_library(
             '  File "*urllib3*", line *',
         ]
     )
+
+
+# A thread still running at the test's teardown closes its socket a moment later (its delay
+# stands for the work it does first; the checks wait by joining it, not by timing).
+CLOSING_THREADS = """
+import socket
+import threading
+import time
+
+import pytest
+
+kept = []
+
+def close_when_released(sock, release):
+    release.wait(120)
+    time.sleep(0.2)
+    sock.close()
+
+def exit_when_released(sock, release):
+    release.wait(120)
+    kept.append(sock)  # exits, leaving the socket open
+
+@pytest.fixture
+def release():
+    event = threading.Event()
+    yield event
+    event.set()  # the test's thread is still running when its teardown ends
+
+def bound():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+def test_thread_closes_its_socket(release):
+    threading.Thread(target=close_when_released, args=(bound(), release)).start()
+
+@pytest.mark.allow_thread_leak
+def test_allowed_thread_closes_its_socket(release):
+    threading.Thread(target=close_when_released, args=(bound(), release)).start()
+
+def test_thread_exits_leaving_its_socket_open(release):
+    threading.Thread(target=exit_when_released, args=(bound(), release)).start()
+"""
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--socket-leak-check"], ["--socket-leak-check", "--thread-leak-check"]],
+    ids=["sockets", "sockets+threads"],
+)
+def test_sockets_a_tests_exiting_thread_closes_within_the_grace_are_not_leaks(
+    pytester: pytest.Pytester, options: list[str]
+) -> None:
+    pytester.makepyfile(test_closing=CLOSING_THREADS)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", *options, "--thread-leak-grace=60", timeout=300
+    )
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_thread_exits_leaving_its_socket_open*",
+            "1 socket(s) created by test_closing.py::test_thread_exits_leaving_its_socket_open "
+            "still open after its teardown:",
+            "--- socket fd=* AF_INET SOCK_STREAM 127.0.0.1:* (not connected)",
+            "created at */test_closing.py:* in bound",
+        ]
+    )
+    assert "ERROR at teardown of test_thread_closes_its_socket" not in result.stdout.str()
+    assert "ERROR at teardown of test_allowed_thread" not in result.stdout.str()
+
+
+def test_a_socket_a_running_thread_keeps_open_is_reported_after_the_grace(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(
+        """
+        import threading
+
+        STOP = threading.Event()
+
+        def pytest_unconfigure(config):
+            STOP.set()
+        """
+    )
+    pytester.makepyfile(
+        test_holding="""
+        import socket
+        import threading
+        from conftest import STOP
+
+        def hold(sock):
+            with sock:
+                STOP.wait(120)
+
+        def test_thread_holds_its_socket():
+            sock = socket.socket()
+            threading.Thread(target=hold, args=(sock,), name="holder", daemon=True).start()
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--socket-leak-check", "--thread-leak-grace=0.1", timeout=120
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "1 socket(s) created by test_holding.py::test_thread_holds_its_socket still open*",
+            "created at */test_holding.py:10 in test_thread_holds_its_socket",
+        ]
+    )
+    assert "thread(s) started by" not in result.stdout.str()  # threads are not checked
+
+
+def test_the_check_holds_sockets_weakly_a_dropped_one_is_finalized_as_without_it(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_dropped="""
+        import gc
+        import socket
+        import weakref
+        import pytest
+
+        def test_dropped_socket_is_closed_by_its_finalizer():
+            sock = socket.socket()
+            ref = weakref.ref(sock)
+            with pytest.warns(ResourceWarning, match="unclosed <socket.socket"):
+                del sock
+                gc.collect()
+            assert ref() is None
+        """
+    )
+    for options in (["--socket-leak-check"], []):
+        result = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", "-W", "error", *options, timeout=120
+        )
+        result.assert_outcomes(passed=1)

@@ -655,3 +655,133 @@ def test_parametrized_module_fixture_instances_are_each_checked(tl: pytest.Pytes
     result.stdout.fnmatch_lines(
         ["1 thread(s) started by module-scoped fixture 'backend' (test_param.py) still*"]
     )
+
+
+@pytest.mark.parametrize("option", ["--thread-leak-check", "--socket-leak-check"])
+def test_a_finished_thread_is_collectable_before_the_teardown(
+    tl: pytest.Pytester, option: str
+) -> None:
+    # A library whose connection object is a Thread subclass (an SSH transport, say) tests
+    # that a closed connection is garbage-collected: the check must not keep it alive.
+    tl.makepyfile(
+        test_collected="""
+        import gc
+        import threading
+        import weakref
+
+        class Transport(threading.Thread):
+            def __init__(self):
+                super().__init__(name="transport")
+                self.peer = self  # a cycle, as connection objects often have
+
+            def run(self):
+                pass
+
+        def test_transport_is_collected_once_closed():
+            transport = Transport()
+            transport.start()
+            transport.join(60)
+            assert not transport.is_alive()
+            ref = weakref.ref(transport)
+            del transport
+            gc.collect()
+            assert ref() is None, "something keeps the finished thread alive"
+        """
+    )
+    run(tl, option, "--thread-leak-grace=0").assert_outcomes(passed=1)
+
+
+def test_a_running_thread_nobody_references_is_still_reported_in_full(
+    tl: pytest.Pytester,
+) -> None:
+    tl.makepyfile(
+        test_dropped="""
+        import gc
+        import threading
+        from helpers import idle
+
+        def test_drops_its_thread():
+            threading.Thread(target=idle, name="dropped", daemon=True).start()
+            gc.collect()
+        """
+    )
+    result = run(tl, "--thread-leak-check", "--thread-leak-grace=0")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "--- thread 'dropped' (daemon), target helpers.idle",
+            "started at */test_dropped.py:6 in test_drops_its_thread",
+            "start stack (most recent call last):",
+            '  File "*test_dropped.py", line 6, in test_drops_its_thread',
+            "current stack (most recent call last):",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "value", "message"),
+    [
+        ("option", "inf", "must be at most 9.22337e+09 seconds (threading.TIMEOUT_MAX), got 'inf'"),
+        ("option", "1e10", "must be at most 9.22337e+09 seconds*, got '1e10'"),
+        ("option", "nan", "must be a number of seconds >= 0, got 'nan'"),
+        ("option", "-1", "must be a number of seconds >= 0, got '-1'"),
+        ("option", "", "must be a number of seconds >= 0, got ''"),
+        ("ini", "inf", "must be at most 9.22337e+09 seconds*, got 'inf'"),
+        ("ini", "soon", "must be a number of seconds >= 0, got 'soon'"),
+    ],
+)
+def test_bad_grace_values_are_usage_errors_naming_option_and_ini_key(
+    tl: pytest.Pytester, source: str, value: str, message: str
+) -> None:
+    tl.makepyfile(test_x="def test_x(): pass")
+    for mode in ("--thread-leak-check", "--socket-leak-check"):
+        if source == "option":
+            result = run(tl, mode, f"--thread-leak-grace={value}")
+        else:
+            tl.makeini(f"[pytest]\nthread_leak_grace = {value}\n")
+            result = run(tl, mode)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+        result.stderr.fnmatch_lines([f"*--thread-leak-grace / thread_leak_grace {message}"])
+
+
+def test_reported_threads_and_sockets_are_not_kept_alive_by_the_report(
+    tl: pytest.Pytester,
+) -> None:
+    tl.makepyfile(
+        test_reported="""
+        import gc
+        import socket
+        import threading
+        import weakref
+
+        release = threading.Event()
+        refs = []
+
+        def hold(sock):
+            release.wait(120)
+            sock.close()
+
+        def test_leaks_a_thread_holding_a_socket():
+            sock = socket.socket()
+            thread = threading.Thread(target=hold, args=(sock,), name="holder", daemon=True)
+            thread.start()
+            refs.extend([weakref.ref(thread), weakref.ref(sock)])
+
+        def test_both_are_collected_once_the_thread_ends():
+            release.set()
+            [thread] = [t for t in threading.enumerate() if t.name == "holder"]
+            thread.join(60)
+            del thread
+            gc.collect()
+            assert [ref() for ref in refs] == [None, None]
+        """
+    )
+    result = run(tl, "--thread-leak-check", "--socket-leak-check", "--thread-leak-grace=0")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_leaks_a_thread_holding_a_socket*",
+            "--- thread 'holder' (daemon), target test_reported.hold",
+            "1 socket(s) created by test_reported.py::test_leaks_a_thread_holding_a_socket*",
+        ]
+    )

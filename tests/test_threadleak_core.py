@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import socket
-import subprocess
-import sys
-import textwrap
 import threading
-from collections.abc import Iterator
+import time
+import weakref
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -141,7 +141,18 @@ def test_ignore_patterns_match_thread_names(stop: threading.Event) -> None:
     ("kwargs", "error", "message"),
     [
         ({"grace": -1}, ValueError, "grace must be a number of seconds >= 0, got -1"),
-        ({"grace": "1"}, ValueError, "grace must be a number of seconds >= 0, got '1'"),
+        ({"grace": float("nan")}, ValueError, "grace must be a number of seconds >= 0, got nan"),
+        (
+            {"grace": float("inf")},
+            ValueError,
+            r"grace must be at most 9.22337e\+09 seconds \(threading.TIMEOUT_MAX\), got inf",
+        ),
+        ({"grace": 10**10}, ValueError, "grace must be at most .*, got 10000000000"),
+        ({"grace": "1"}, TypeError, "grace must be a number of seconds >= 0, got '1'"),
+        ({"grace": True}, TypeError, "grace must be a number of seconds >= 0, got True"),
+        ({"grace": None}, TypeError, "grace must be a number of seconds >= 0, got None"),
+        ({"sockets": "yes"}, TypeError, "sockets must be True or False, got 'yes'"),
+        ({"sockets": 1}, TypeError, "sockets must be True or False, got 1"),
         ({"ignore": "worker"}, TypeError, "ignore must be an iterable of regexes"),
         ({"ignore": [3]}, TypeError, "ignore must be regular expressions"),
         ({"ignore": ["("]}, ValueError, r"ignore: '\(' is not a valid regular expression"),
@@ -154,32 +165,100 @@ def test_bad_arguments_name_the_parameter(
         ThreadLeakChecker(**kwargs)  # type: ignore[arg-type]
 
 
-def test_finished_threads_are_not_kept_alive_by_the_checker() -> None:
-    # In a fresh interpreter: with --thread-leak-check on this suite, the outer checker
-    # rightly holds this test's threads until the test's teardown.
-    script = textwrap.dedent(
-        """
-        import gc, threading, weakref
-        from pytest_netthreads.detect.threadleak import ThreadLeakChecker
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda c: c.check("o", grace=float("inf")), ValueError, "grace must be at most"),
+        (lambda c: c.check("o", grace=-0.5), ValueError, "grace must be a number of seconds"),
+        (lambda c: c.check("o", grace=False), TypeError, "grace must be a number of seconds"),
+        (lambda c: c.check("o", allow=["x"]), TypeError, "allow must be compiled regexes"),
+        (lambda c: c.check_sockets("o", grace=float("nan")), ValueError, "grace must be a"),
+        (lambda c: c.check_all("o", grace="2"), TypeError, "grace must be a number"),
+        (lambda c: c.set_owner(["a list"]), TypeError, "owner must be hashable"),
+        (lambda c: c.owned_by({}).__enter__(), TypeError, "owner must be hashable"),
+    ],
+)
+def test_bad_check_arguments_fail_at_the_call(
+    call: Callable[[ThreadLeakChecker], object], error: type[Exception], message: str
+) -> None:
+    checker = ThreadLeakChecker(grace=0, sockets=True)
+    with pytest.raises(error, match=message):
+        call(checker)
+    assert checker.owner is None
 
-        checker = ThreadLeakChecker(grace=0).start()
+
+def test_finished_threads_are_not_kept_alive_by_the_checker(checker: ThreadLeakChecker) -> None:
+    # Not even before their owner is checked: a library's Thread subclass may be its
+    # connection object, which its own tests expect to be collected once closed.
+    with checker.owned_by("test"):
+        thread = threading.Thread(target=int, name="short")
+        thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    ref = weakref.ref(thread)
+    del thread
+    gc.collect()
+    assert ref() is None, "the checker keeps a finished thread alive"
+    assert checker.check("test") == []
+
+
+def test_a_running_thread_is_reported_with_what_was_captured_at_its_start(
+    checker: ThreadLeakChecker, stop: threading.Event
+) -> None:
+    with checker.owned_by("test"):
+        threading.Thread(target=stop.wait, args=(60,), name="unreferenced", daemon=True).start()
+    gc.collect()
+    [leak] = checker.check("test")
+    stop.set()
+    leak.thread.join(10)
+    assert (leak.name, leak.target, leak.owner) == ("unreferenced", "threading.Event.wait", "test")
+    assert leak.started_at.startswith(f"{__file__}:")
+    assert "threading.Thread(target=stop.wait" in leak.start_stack
+
+
+def _close_soon(sock: socket.socket, release: threading.Event) -> None:
+    release.wait(60)
+    time.sleep(0.2)  # the work it does before closing: the check waits by joining it
+    sock.close()
+
+
+@pytest.mark.parametrize("method", ["check_sockets", "check_all"])
+def test_a_socket_the_owners_exiting_thread_closes_within_the_grace_is_not_a_leak(
+    method: str,
+) -> None:
+    checker = ThreadLeakChecker(grace=60, sockets=True).start()
+    release = threading.Event()
+    try:
         with checker.owned_by("test"):
-            thread = threading.Thread(target=int, name="short")
+            sock = socket.socket()
+            thread = threading.Thread(target=_close_soon, args=(sock, release), name="closer")
             thread.start()
-        thread.join(10)
-        assert checker.check("test") == []
-        ref = weakref.ref(thread)
-        del thread
-        gc.collect()
-        assert ref() is None, "the checker keeps a finished thread alive"
+        release.set()
+        if method == "check_sockets":
+            assert checker.check_sockets("test") == []
+        else:
+            # every thread allowed (as with --socket-leak-check alone): joined all the same
+            assert checker.check_all("test", allow=None) == ([], [])
+        assert sock.fileno() == -1
+    finally:
         checker.stop()
-        """
-    )
-    proc = subprocess.run(
-        [sys.executable, "-W", "error", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+        release.set()
+        thread.join(10)
+
+
+def test_check_all_reports_sockets_still_open_after_the_grace(stop: threading.Event) -> None:
+    checker = ThreadLeakChecker(grace=0.05, sockets=True).start()
+    try:
+        with checker.owned_by("test"):
+            sock = socket.socket()
+            thread = threading.Thread(target=stop.wait, args=(60,), name="holder", daemon=True)
+            thread.start()
+        threads, sockets = checker.check_all("test")
+        assert [leak.name for leak in threads] == ["holder"]
+        assert [leak.socket for leak in sockets] == [sock]
+        assert checker.owners() == []
+    finally:
+        checker.stop()
+        stop.set()
+        thread.join(10)
+        sock.close()

@@ -106,7 +106,8 @@ def _address(address: object) -> str:
     return str(address)
 
 
-def _still_open(records: list[SocketRecord]) -> list[SocketRecord]:
+def still_open(records: list[SocketRecord]) -> list[SocketRecord]:
+    """The records whose socket is open, the kit's own sockets left out."""
     return [record for record in records if record.open() and not record.kit_owned()]
 
 
@@ -117,10 +118,10 @@ def find_leaked_sockets(records: list[SocketRecord]) -> list[LeakedSocket]:
     reference cycle kept alive (say, a connection pool reachable from a traceback's frames,
     closed by its finalizer) is not one the code under test still holds.
     """
-    candidates = _still_open(records)
+    candidates = still_open(records)
     if candidates:
         gc.collect()
-        candidates = _still_open(candidates)
+        candidates = still_open(candidates)
     leaks = []
     for record in candidates:
         sock = record.ref()
@@ -150,4 +151,5 @@ __all__ = [
     "describe_socket",
     "find_leaked_sockets",
     "format_socket_leaks",
+    "still_open",
 ]

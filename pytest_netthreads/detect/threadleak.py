@@ -132,7 +132,14 @@ def _target_name(thread: threading.Thread) -> str:
 
 @dataclass(eq=False)
 class _Started:
-    thread: threading.Thread
+    """One started thread, held weakly: what a report needs is captured at its start.
+
+    A thread still running is kept alive by ``threading`` itself, so a weak reference loses
+    nothing there; a finished one must stay collectable (a library's ``Thread`` subclass may
+    be its connection object, whose own tests expect it to be collected once closed).
+    """
+
+    ref: weakref.ref[threading.Thread]
     owner: Hashable
     target: str
     frames: tuple[Frame, ...]
@@ -209,31 +216,78 @@ def compile_patterns(patterns: Iterable[str], what: str) -> list[re.Pattern[str]
     return compiled
 
 
-def _validate_grace(grace: object) -> float:
-    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
-        raise ValueError(f"grace must be a number of seconds >= 0, got {grace!r}")
-    return float(grace)
+MAX_GRACE = threading.TIMEOUT_MAX
+"""The longest grace (seconds): what ``Thread.join`` accepts as a timeout."""
+
+
+def validate_grace(grace: object, what: str = "grace") -> float:
+    """``grace`` as a float of seconds in ``[0, MAX_GRACE]``.
+
+    Raises ``TypeError`` (naming ``what``) for anything but an ``int`` or ``float`` (``bool``
+    included) and ``ValueError`` for NaN, a negative value, infinity or more than
+    :data:`MAX_GRACE` (``Thread.join`` would raise ``OverflowError`` at the check).
+    """
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds >= 0, got {grace!r}")
+    try:
+        seconds = float(grace)
+    except OverflowError:  # an int too large for a float
+        seconds = float("inf")
+    if not seconds >= 0:
+        raise ValueError(f"{what} must be a number of seconds >= 0, got {grace!r}")
+    if seconds > MAX_GRACE:
+        raise ValueError(
+            f"{what} must be at most {MAX_GRACE:g} seconds (threading.TIMEOUT_MAX), "
+            f"got {grace!r}"
+        )
+    return seconds
+
+
+def _validate_allow(allow: object) -> list[re.Pattern[str]]:
+    if isinstance(allow, (str, bytes)) or not isinstance(allow, Iterable):
+        raise TypeError(f"allow must be compiled regexes (re.Pattern), got {allow!r}")
+    patterns: list[re.Pattern[str]] = []
+    for pattern in allow:
+        if not isinstance(pattern, re.Pattern):
+            raise TypeError(f"allow must be compiled regexes (re.Pattern), got {pattern!r}")
+        patterns.append(pattern)
+    return patterns
 
 
 class ThreadLeakChecker:
     """Records who started each thread (and socket) and finds those left running.
 
+    Threads and sockets are held weakly: the checker never keeps one alive. A thread that
+    finished and that nobody references is collected as without the checker (and was not a
+    leak); a running one is kept alive by ``threading`` itself. A socket nobody references is
+    collected and closed by its finalizer (with Python's ``ResourceWarning``), as without the
+    checker, and is not open any more when its owner is checked.
+
     Args:
         grace: seconds :meth:`check` waits (joining, not sleeping) for an owner's threads to
-            finish before it calls them leaked. Default 1.0.
+            finish before it calls them leaked: an ``int`` or ``float`` from 0 to
+            :data:`MAX_GRACE`. Default 1.0.
         ignore: regular expressions; threads whose name matches one (``re.search``) are never
             reported.
         sockets: also record the sockets each owner creates (see :meth:`check_sockets`).
+
+    Raises:
+        TypeError: ``grace`` is not a number (or is a ``bool``), ``sockets`` is not a
+            ``bool``, ``ignore`` is a ``str`` or holds something else than ``str``.
+        ValueError: ``grace`` is NaN, negative, infinite or above :data:`MAX_GRACE`; a
+            pattern in ``ignore`` does not compile.
     """
 
     def __init__(
         self, *, grace: float = 1.0, ignore: Iterable[str] = (), sockets: bool = False
     ) -> None:
-        self.grace = _validate_grace(grace)
+        self.grace = grace
         if isinstance(ignore, str):
             raise TypeError(f"ignore must be an iterable of regexes, got the str {ignore!r}")
         self.ignore = compile_patterns(ignore, "ignore")
-        self.sockets = bool(sockets)
+        if not isinstance(sockets, bool):
+            raise TypeError(f"sockets must be True or False, got {sockets!r}")
+        self.sockets = sockets
         self._lock = threading.Lock()
         self._owner: Hashable | None = None
         self._driver: threading.Thread | None = None
@@ -248,6 +302,15 @@ class ThreadLeakChecker:
         self._running = False
         self._default_owner = f"{type(self).__name__}@{id(self):#x}"
         self._previous: Hashable | None = None
+
+    @property
+    def grace(self) -> float:
+        """The default grace of :meth:`check` (seconds); validated when set."""
+        return self._grace
+
+    @grace.setter
+    def grace(self, grace: float) -> None:
+        self._grace = validate_grace(grace)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -291,8 +354,7 @@ class ThreadLeakChecker:
         self.set_owner(self._previous)
         try:
             # With an exception already on its way, do not wait: it is reported, not this.
-            threads = self.check(self._default_owner, grace=0 if exc_type else None)
-            socks = self.check_sockets(self._default_owner) if self.sockets else []
+            threads, socks = self.check_all(self._default_owner, grace=0 if exc_type else None)
         finally:
             self.stop()
         if exc_type is None and (threads or socks):
@@ -324,7 +386,12 @@ class ThreadLeakChecker:
         """Make ``owner`` the owner of what the driving thread starts from now on.
 
         ``None`` means nobody: what is started then is not tracked. Returns the previous one.
+        Raises ``TypeError`` for an owner that is not hashable.
         """
+        try:
+            hash(owner)
+        except TypeError:
+            raise TypeError(f"owner must be hashable, got {owner!r}") from None
         previous, self._owner = self._owner, owner
         if owner is not None:
             self._driver = threading.current_thread()
@@ -411,7 +478,8 @@ class ThreadLeakChecker:
             owner = None if is_internal(current) else self._caller_owner()
         if owner is None:
             return None
-        record = _Started(thread, owner, _target_name(thread), capture_stack(sys._getframe(2)))
+        frames = capture_stack(sys._getframe(2))
+        record = _Started(weakref.ref(thread), owner, _target_name(thread), frames)
         with self._lock:
             self._started[thread] = owner
             owned = self._owned.get(owner)
@@ -419,13 +487,15 @@ class ThreadLeakChecker:
                 owned = self._owned[owner] = []
             elif len(owned) >= 256 and len(owned) & 255 == 0:
                 # A long-lived owner (a session-scoped server, say) starts many short threads.
-                owned[:] = [r for r in owned if r.thread.is_alive() or not r.thread.ident]
+                owned[:] = [r for r in owned if _unfinished(r.ref())]
             owned.append(record)
         return record
 
     def _forget(self, record: _Started) -> None:
         with self._lock:
-            self._started.pop(record.thread, None)
+            thread = record.ref()
+            if thread is not None:
+                self._started.pop(thread, None)
             owned = self._owned.get(record.owner)
             if owned is not None and record in owned:
                 owned.remove(record)
@@ -449,38 +519,81 @@ class ThreadLeakChecker:
     ) -> list[LeakedThread]:
         """The threads ``owner`` started that are still alive, after joining them up to grace.
 
-        Forgets ``owner``'s threads: a thread is reported once at most.
+        Forgets ``owner``'s threads: a thread is reported once at most. Its sockets are left
+        for :meth:`check_sockets` (:meth:`check_all` checks both with one grace period).
 
         Args:
             owner: the owner to check.
             grace: seconds to wait in total (default: the checker's ``grace``).
-            allow: patterns of thread names (``re.search``) not to report; ``None`` allows
-                every thread.
+            allow: compiled patterns of thread names (``re.search``) not to report; ``None``
+                allows every thread.
         """
-        grace = self.grace if grace is None else _validate_grace(grace)
+        grace = self.grace if grace is None else validate_grace(grace)
+        patterns = None if allow is None else _validate_allow(allow)
         with self._lock:
             records = self._owned.pop(owner, None)
-        if not records or allow is None:
+        if not records or patterns is None:
             return []
-        patterns = [*self.ignore, *allow]
-        current = threading.current_thread()
-        candidates = [
-            r
-            for r in records
-            if r.thread.is_alive()
-            and r.thread is not current
-            and not is_internal(r.thread)
-            and not any(p.search(r.thread.name) for p in patterns)
-        ]
-        if not candidates:
+        reported = self._reported(self._live(records), patterns)
+        if not reported:
             return []
-        deadline = time.monotonic() + grace
-        for record in candidates:
-            record.thread.join(max(0.0, deadline - time.monotonic()))
-        return [self._leak(r) for r in candidates if r.thread.is_alive()]
+        _join([thread for _, thread in reported], time.monotonic() + grace)
+        return [self._leak(r, thread) for r, thread in reported if thread.is_alive()]
 
-    def _leak(self, record: _Started) -> LeakedThread:
-        thread = record.thread
+    def check_all(
+        self,
+        owner: Hashable,
+        *,
+        grace: float | None = None,
+        allow: Iterable[re.Pattern[str]] | None = (),
+    ) -> tuple[list[LeakedThread], list[LeakedSocket]]:
+        """``owner``'s leaked threads and (with ``sockets=True``) sockets, one grace for both.
+
+        What the plugin and the ``with`` block use. First the threads to report are joined up
+        to the deadline (``grace`` from now); then, if a socket ``owner`` created is still
+        open, ``owner``'s other live threads too (those ``allow`` or ``ignore`` exempt, or
+        every thread with ``allow=None``), within the same deadline, since a thread on its way
+        out may be what closes it. Forgets ``owner``'s threads and sockets.
+
+        Args: as :meth:`check`. Returns ``(threads, sockets)``.
+        """
+        grace = self.grace if grace is None else validate_grace(grace)
+        patterns = None if allow is None else _validate_allow(allow)
+        with self._lock:
+            records = self._owned.pop(owner, None) or []
+            socket_records = self._sockets.pop(owner, None)
+        deadline = time.monotonic() + grace
+        live = self._live(records)
+        reported = [] if patterns is None else self._reported(live, patterns)
+        if reported:
+            _join([thread for _, thread in reported], deadline)
+        sockets = []
+        if socket_records:
+            sockets = self._leaked_sockets(socket_records, [t for _, t in live], deadline)
+        return [self._leak(r, thread) for r, thread in reported if thread.is_alive()], sockets
+
+    def _live(self, records: list[_Started]) -> list[tuple[_Started, threading.Thread]]:
+        """The records whose thread is alive (not the caller's, not the kit's), with it."""
+        current = threading.current_thread()
+        live = []
+        for record in records:
+            thread = record.ref()
+            if (
+                thread is not None
+                and thread.is_alive()
+                and thread is not current
+                and not is_internal(thread)
+            ):
+                live.append((record, thread))
+        return live
+
+    def _reported(
+        self, live: list[tuple[_Started, threading.Thread]], allow: list[re.Pattern[str]]
+    ) -> list[tuple[_Started, threading.Thread]]:
+        patterns = [*self.ignore, *allow]
+        return [(r, t) for r, t in live if not any(p.search(t.name) for p in patterns)]
+
+    def _leak(self, record: _Started, thread: threading.Thread) -> LeakedThread:
         return LeakedThread(
             thread=thread,
             name=thread.name,
@@ -522,18 +635,46 @@ class ThreadLeakChecker:
 
         return __init__
 
-    def check_sockets(self, owner: Hashable) -> list[LeakedSocket]:
-        """The sockets ``owner`` created that are still open. Forgets ``owner``'s sockets."""
-        from .socketleak import find_leaked_sockets
+    def check_sockets(self, owner: Hashable, *, grace: float | None = None) -> list[LeakedSocket]:
+        """The sockets ``owner`` created that are still open. Forgets ``owner``'s sockets.
 
+        When one is open, ``owner``'s threads still running and not checked yet are joined
+        first, up to ``grace`` (default: the checker's): a thread on its way out may be what
+        closes it. Nothing is waited for when every socket is closed.
+        """
+        grace = self.grace if grace is None else validate_grace(grace)
         with self._lock:
             records = self._sockets.pop(owner, None)
+            threads = list(self._owned.get(owner, ()))
         if not records:
             return []
-        return find_leaked_sockets(records)
+        live = [thread for _, thread in self._live(threads)]
+        return self._leaked_sockets(records, live, time.monotonic() + grace)
+
+    def _leaked_sockets(
+        self, records: list[SocketRecord], threads: list[threading.Thread], deadline: float
+    ) -> list[LeakedSocket]:
+        from .socketleak import find_leaked_sockets, still_open
+
+        candidates = still_open(records)
+        if candidates and threads:
+            _join(threads, deadline)  # those already joined return at once
+            candidates = still_open(candidates)
+        return find_leaked_sockets(candidates)
+
+
+def _unfinished(thread: threading.Thread | None) -> bool:
+    """Whether ``thread`` is not collected and not finished (running, or being started)."""
+    return thread is not None and (thread.is_alive() or not thread.ident)
+
+
+def _join(threads: list[threading.Thread], deadline: float) -> None:
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 __all__ = [
+    "MAX_GRACE",
     "LeakedThread",
     "ThreadLeakChecker",
     "ThreadLeakError",
@@ -541,5 +682,6 @@ __all__ = [
     "compile_patterns",
     "format_stack",
     "format_thread_leaks",
+    "validate_grace",
     "where",
 ]
