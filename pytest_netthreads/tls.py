@@ -21,8 +21,8 @@ Key material stays in memory. It is written to disk only when a path is asked fo
 (:meth:`CertificateAuthority.ca_bundle_path` and friends): into a private directory, each
 file mode 0600, all removed by :meth:`CertificateAuthority.close`. A process that dies
 without closing its CA (SIGKILL, ``os._exit``) leaves its directory behind; the first CA made
-in a later process of the same user removes it (see
-:class:`~pytest_netthreads._private_files.OwnedDirectory`).
+in a later process of the same user removes it: the directory holds a lock file its process
+keeps locked while it lives.
 """
 
 from __future__ import annotations
