@@ -21,6 +21,7 @@ if sys.platform != "win32":
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _LOCK_NAME = ".owner.lock"
 
 
@@ -40,7 +41,7 @@ def ensure_private_file(path: str, what: str) -> None:
     Raises:
         ValueError: naming ``what`` (the parameter or option) and saying why.
     """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NONBLOCK | _NOFOLLOW | _CLOEXEC
     try:
         # O_NONBLOCK: opening a FIFO without a reader fails (ENXIO) rather than blocking.
         fd = os.open(path, flags, 0o600)

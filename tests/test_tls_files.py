@@ -18,14 +18,17 @@ pytest_plugins = ["pytester"]
 
 TIMEOUT = 120  # seconds: bound of every wait for another process
 
-# Makes a CA with files on disk, prints their directory, then waits for its stdin to close.
+# Makes a CA with files on disk, prints their directory, then waits for a line on its stdin:
+# "_exit" ends it with os._exit (what the hang watchdog's last resort does); end of file
+# closes the CA first.
 HOLDER = """
-import sys
+import os, sys
 from pytest_netthreads.tls import CertificateAuthority
 ca = CertificateAuthority()
 ca.server_cert_files()
 print(ca.files_dir, flush=True)
-sys.stdin.read()
+if sys.stdin.readline().strip() == "_exit":
+    os._exit(70)
 ca.close()
 """
 
@@ -56,9 +59,10 @@ class Holders:
         assert os.path.isdir(files_dir), files_dir
         return proc, files_dir
 
-    def stop(self, proc: subprocess.Popen[bytes]) -> int:
-        """Let it close its CA and exit."""
+    def stop(self, proc: subprocess.Popen[bytes], line: bytes = b"") -> int:
+        """Let it close its CA and exit (or send it ``line`` first)."""
         assert proc.stdin is not None
+        proc.stdin.write(line)
         proc.stdin.close()
         return proc.wait(TIMEOUT)
 
@@ -92,12 +96,15 @@ def holders(private_tmp: Path) -> Iterator[Holders]:
 def test_files_of_killed_processes_are_removed_when_a_session_starts(
     pytester: pytest.Pytester, private_tmp: Path, holders: Holders
 ) -> None:
-    # The live holder starts first: its own CA's sweep runs before the other one exists.
+    # The live holder starts first: its own CA's sweep runs before the others exist.
     live, live_dir = holders.start()
     dead, dead_dir = holders.start()
+    exited, exited_dir = holders.start()
     dead.kill()
     assert dead.wait(TIMEOUT) == -signal.SIGKILL
-    assert os.path.isdir(dead_dir)  # what a SIGKILL leaves behind: private keys
+    assert holders.stop(exited, b"_exit\n") == 70
+    # What they leave behind: private keys.
+    assert os.path.isdir(dead_dir) and os.path.isdir(exited_dir)
     assert os.path.basename(dead_dir).startswith(f"netthreads-tls-{dead.pid}-")
 
     # Never removed, though named like ours: a directory without a lock file (one being
@@ -125,6 +132,7 @@ def test_files_of_killed_processes_are_removed_when_a_session_starts(
     result.assert_outcomes(passed=1)
 
     assert not os.path.exists(dead_dir)
+    assert not os.path.exists(exited_dir)
     assert sorted(os.listdir(live_dir)) == [".owner.lock", "valid.crt", "valid.key"]
     assert (unlocked / "valid.key").exists()
     assert (elsewhere / ".owner.lock").exists()
