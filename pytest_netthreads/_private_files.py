@@ -119,6 +119,13 @@ def _lock_new_directory(path: str) -> int | None:
     fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without locks (ENOLCK): never taken for stale then
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
         os.rename(temporary, os.path.join(path, _LOCK_NAME))
     except BaseException:
         os.close(fd)
