@@ -278,7 +278,10 @@ def test_alpn_selection_is_recorded(ca: CertificateAuthority) -> None:
     assert [r.tls and r.tls["alpn"] for r in records] == ["http/1.1", "h2"]
 
 
-def test_key_log_file_is_opt_in(tmp_path: os.PathLike[str]) -> None:
+def test_key_log_file_is_opt_in(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSLKEYLOGFILE", raising=False)  # client contexts would follow it
     keylog = os.path.join(tmp_path, "keys.log")
     with CertificateAuthority() as plain:
         assert plain.server_context().keylog_filename is None
