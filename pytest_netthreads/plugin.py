@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # holding its hook implementations (config.pluginmanager.register), so that a feature
     # that is off costs nothing per test.
     _configure_summary(config)
+    _configure_tls(config)
     _configure_thread_leak(config)
     _configure_faults(config)
     _configure_deadlock(config)
@@ -281,7 +284,8 @@ def _add_tls_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
         metavar="PATH",
         default=None,
         help="append the TLS session secrets of every connection made with the session CA's "
-        "contexts to PATH (NSS key log format, for Wireshark). Off by default.",
+        "contexts to PATH (NSS key log format, for Wireshark), a file created mode 0600. "
+        "Off by default.",
     )
     parser.addini(
         "tls_keylog_file",
@@ -291,14 +295,29 @@ def _add_tls_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
 
 
 def _tls_keylog_file(config: pytest.Config) -> str | None:
+    """The key log path asked for, absolute: a relative ``--tls-keylog-file`` is relative to
+    the directory pytest was started in (not to wherever a test has changed to)."""
     path: str | None = config.getoption("tls_keylog_file")
     if path:
-        return path
+        return str(config.invocation_params.dir / path)
     ini: str | None = config.getini("tls_keylog_file")
     if ini:
         base = config.inipath.parent if config.inipath is not None else config.rootpath
         return str(base / ini)
     return None
+
+
+def _configure_tls(config: pytest.Config) -> None:
+    path = _tls_keylog_file(config)
+    if path is not None:
+        # Checked (and the file created, mode 0600) now: a bad path is a usage error, not
+        # the error of every TLS test. Standard library only: trustme is not imported.
+        from ._private_files import ensure_private_file
+
+        try:
+            ensure_private_file(path, "--tls-keylog-file (ini tls_keylog_file)")
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
 
 
 _SESSION_CA = pytest.StashKey["CertificateAuthority"]()
@@ -312,11 +331,36 @@ def _session_ca(config: pytest.Config) -> CertificateAuthority:
     if ca is None:
         from .tls import CertificateAuthority  # trustme is imported only by sessions using TLS
 
+        _exit_on_sigterm(config)
         ca = config.stash[_SESSION_CA] = CertificateAuthority(
             keylog_file=_tls_keylog_file(config)
         )
-        config.add_cleanup(ca.close)
+        config.add_cleanup(ca.close)  # before _exit_on_sigterm's clean-up: cleanups are LIFO
     return ca
+
+
+def _exit_on_sigterm(config: pytest.Config) -> None:
+    """Make SIGTERM end the session the way Ctrl-C does (fixtures torn down, the CA's key
+    files removed), with exit status 143 (128 + SIGTERM), rather than kill the process on
+    the spot. Only if SIGTERM has its default disposition (nobody else handles it) and we
+    are in the main thread; the default is restored when the session ends, and on the first
+    SIGTERM, so that a second one kills at once."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        return
+
+    def exit_session(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        pytest.exit(f"pytest-netthreads: received {signal.Signals(signum).name}", 128 + signum)
+
+    def restore() -> None:
+        if signal.getsignal(signal.SIGTERM) is exit_session:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, exit_session)
+    config.add_cleanup(restore)
 
 
 @pytest.fixture(scope="session")

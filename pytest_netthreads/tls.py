@@ -19,16 +19,18 @@ certificate-verification error a user would expect; :data:`VERIFY_CODES` says wh
 
 Key material stays in memory. It is written to disk only when a path is asked for
 (:meth:`CertificateAuthority.ca_bundle_path` and friends): into a private directory, each
-file mode 0600, all removed by :meth:`CertificateAuthority.close`.
+file mode 0600, all removed by :meth:`CertificateAuthority.close`. A process that dies
+without closing its CA (SIGKILL, ``os._exit``) leaves its directory behind; the first CA made
+in a later process of the same user removes it: the directory holds a lock file its process
+keeps locked while it lives.
 """
 
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
-import shutil
 import ssl
+import sys
 import tempfile
 import threading
 import weakref
@@ -42,6 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ._private_files import OwnedDirectory, ensure_private_file, remove_stale_directories
 from .servers._tls import record_sni
 
 if TYPE_CHECKING:
@@ -98,6 +101,8 @@ _VERSIONS = {
     "tlsv1.3": ssl.TLSVersion.TLSv1_3,
 }
 _CLIENT_CERTS = ("none", "optional", "required")
+_FILES_PREFIX = "netthreads-tls-"  # + "<pid>-<random>": see _private_files.OwnedDirectory
+_stale_files_checked = False  # the first CA of a process removes dead processes' files
 
 
 class CertFiles(NamedTuple):
@@ -152,15 +157,8 @@ def _load_cert_chain(context: ssl.SSLContext, pem: bytes) -> None:
         os.unlink(path)
 
 
-def _general_name(identity: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(identity))
-    except ValueError:
-        return x509.DNSName(identity.encode("idna").decode("ascii"))
-
-
-def _self_signed(identities: Sequence[str]) -> _KeyAndChain:
-    """A self-signed leaf (not a CA) for ``identities``: trusted by nobody."""
+def _self_signed(names: x509.SubjectAlternativeName) -> _KeyAndChain:
+    """A self-signed leaf (not a CA) for ``names``: trusted by nobody."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
         [
@@ -180,9 +178,7 @@ def _self_signed(identities: Sequence[str]) -> _KeyAndChain:
         .not_valid_after(now + datetime.timedelta(days=3650))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName([_general_name(i) for i in identities]), critical=False
-        )
+        .add_extension(names, critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -199,10 +195,24 @@ def _tls_version(value: TLSVersionLike | None, name: str) -> ssl.TLSVersion | No
         return value
     if isinstance(value, str) and value.lower() in _VERSIONS:
         return _VERSIONS[value.lower()]
-    raise ValueError(
+    raise (ValueError if isinstance(value, str) else TypeError)(
         f"{name} must be an ssl.TLSVersion or one of '1.2', '1.3' (or 'TLSv1.2', 'TLSv1.3'), "
         f"got {value!r}"
     )
+
+
+def _tls_versions(
+    minimum: TLSVersionLike | None, maximum: TLSVersionLike | None
+) -> tuple[ssl.TLSVersion | None, ssl.TLSVersion | None]:
+    low = _tls_version(minimum, "minimum_version")
+    high = _tls_version(maximum, "maximum_version")
+    # MINIMUM_SUPPORTED (-2) and MAXIMUM_SUPPORTED (-1) are placeholders, not versions.
+    if low is not None and high is not None and 0 < high < low:
+        raise ValueError(
+            f"minimum_version must not be above maximum_version, got {minimum!r} > {maximum!r} "
+            "(no version would be left to agree on)"
+        )
+    return low, high
 
 
 def _alpn(value: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -214,10 +224,41 @@ def _alpn(value: Sequence[str] | None) -> tuple[str, ...] | None:
         )
     for item in value:
         if not isinstance(item, str) or not item or len(item.encode()) > 255:
-            raise ValueError(
+            raise (ValueError if isinstance(item, str) else TypeError)(
                 f"alpn entries must be non-empty str of at most 255 bytes, got {item!r}"
             )
     return tuple(value)
+
+
+def _preset(value: object, name: str = "preset") -> Preset:
+    if value in PRESETS and isinstance(value, str):
+        return value
+    raise (ValueError if isinstance(value, str) else TypeError)(
+        f"{name} must be one of {PRESETS}, got {value!r}"
+    )
+
+
+def _keylog_path(value: object) -> str | None:
+    """The absolute path of a ``keylog_file`` argument, the file created (or checked) 0600."""
+    if value is None:
+        return None
+    path = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+    if not isinstance(path, str):
+        raise TypeError(
+            f"keylog_file must be a path (a str or os.PathLike of str) or None, got {value!r}"
+        )
+    if not path:
+        raise ValueError("keylog_file must be a non-empty path, got ''")
+    path = os.path.abspath(path)
+    ensure_private_file(path, "keylog_file")
+    return path
+
+
+def _env_keylog_file() -> str | None:
+    """The key log file :func:`ssl.create_default_context` will open, as it decides it."""
+    if sys.flags.ignore_environment:
+        return None
+    return os.environ.get("SSLKEYLOGFILE") or None
 
 
 def _apply_options(
@@ -234,6 +275,9 @@ def _apply_options(
     if alpn is not None:
         context.set_alpn_protocols(list(alpn))
     if keylog_file is not None:
+        # ssl opens the file itself, with the process umask (0644 under the usual 022): make
+        # it 0600 first, again for each context, in case it was removed meanwhile.
+        ensure_private_file(keylog_file, "keylog_file")
         context.keylog_filename = keylog_file
 
 
@@ -245,11 +289,25 @@ class CertificateAuthority:
     built once and the same :class:`ssl.SSLContext` returned after that. Do not change a
     context :meth:`server_context` returned; ask for what you need through its arguments.
 
+    The first CA made in a process removes the files directories that dead processes of the
+    same user left behind (their private keys); a live process's directory is never touched.
+
     Args:
-        identities: the host names and IP addresses server certificates are valid for.
+        identities: the host names and IP addresses server certificates are valid for
+            (e-mail addresses and IP networks are taken too, as :meth:`issue_cert` does).
         keylog_file: a path to append TLS session secrets to (NSS key log format, what
             Wireshark reads), for every context this CA makes. Opt-in; never set by default.
+            Created mode 0600 at once; an existing file must be a regular file of this user
+            (not a symbolic link), and loses any group and other permissions. Client
+            contexts also follow the ``SSLKEYLOGFILE`` environment variable, as
+            :func:`ssl.create_default_context` does (that file is made private the same
+            way); ``keylog_file`` takes precedence.
         organization: the organization name written in the certificates.
+
+    Raises:
+        TypeError: an argument of the wrong type.
+        ValueError: an argument of the right type but unusable, among them a host name
+            that is not one, or a ``keylog_file`` that cannot be opened for appending.
     """
 
     def __init__(
@@ -259,22 +317,17 @@ class CertificateAuthority:
         keylog_file: str | os.PathLike[str] | None = None,
         organization: str = "pytest-netthreads",
     ) -> None:
-        if isinstance(identities, str) or not isinstance(identities, Sequence):
+        if isinstance(identities, (str, bytes, bytearray)) or not isinstance(identities, Sequence):
             raise TypeError(
                 f"identities must be a sequence of host names or IP addresses, got {identities!r}"
             )
-        if not identities or not all(isinstance(i, str) and i for i in identities):
-            raise ValueError(
-                f"identities must be non-empty host names or IP addresses, got {identities!r}"
-            )
-        if keylog_file is not None and not isinstance(keylog_file, (str, os.PathLike)):
-            raise TypeError(f"keylog_file must be a path or None, got {keylog_file!r}")
-        if not isinstance(organization, str) or not organization:
+        _check_identities(identities)
+        if not isinstance(organization, str):
             raise TypeError(f"organization must be a non-empty str, got {organization!r}")
+        if not organization:
+            raise ValueError(f"organization must be a non-empty str, got {organization!r}")
         self.identities: tuple[str, ...] = tuple(identities)
-        self.keylog_file: str | None = (
-            None if keylog_file is None else os.path.abspath(os.fspath(keylog_file))
-        )
+        self.keylog_file: str | None = _keylog_path(keylog_file)
         self.organization = organization
         self.root = trustme.CA(organization_name=organization)
         # Leaves come from an intermediate so that clients exercise chain building (and the
@@ -285,11 +338,18 @@ class CertificateAuthority:
         self._lock = threading.Lock()
         self._identities: dict[str, _KeyAndChain] = {}
         self._server_contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
+        # The same contexts under the arguments as given, when they are of the exact types
+        # of a validated call (str or None): a hit proves the arguments were checked.
+        self._given_contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
         self._rogue: trustme.CA | None = None
         self._files_dir: str | None = None
         self._files: dict[str, str] = {}
         self._finalizer: weakref.finalize[Any, CertificateAuthority] | None = None
         self._closed = False
+        # The "valid" certificate now rather than at the first server_context() call: a
+        # host name that is not one fails here, at the call site.
+        self._identities["valid"] = _KeyAndChain.from_leaf(self.issue_cert(*self.identities))
+        _remove_stale_files_once()
 
     # -- certificates -------------------------------------------------------------------
 
@@ -308,15 +368,30 @@ class CertificateAuthority:
 
         Args:
             identities: host names, IP addresses or e-mail addresses it is valid for.
-            not_before: start of validity (default: long ago).
+            not_before: start of validity (default: long ago). A naive datetime is UTC.
             not_after: end of validity (default: far in the future).
         """
-        return self.intermediate.issue_cert(
-            *identities,
-            not_before=not_before,
-            not_after=not_after,
-            organization_name=self.organization,
-        )
+        _check_identities(identities)
+        for name, value in (("not_before", not_before), ("not_after", not_after)):
+            if value is not None and not isinstance(value, datetime.datetime):
+                raise TypeError(f"{name} must be a datetime.datetime or None, got {value!r}")
+        if not_before is not None and not_after is not None and _utc(not_after) <= _utc(not_before):
+            raise ValueError(
+                f"not_after must be later than not_before, got not_before={not_before!r}, "
+                f"not_after={not_after!r}"
+            )
+        try:
+            return self.intermediate.issue_cert(
+                *identities,
+                not_before=not_before,
+                not_after=not_after,
+                organization_name=self.organization,
+            )
+        except UnicodeError as exc:  # idna's errors: a label too long, a space, ...
+            raise ValueError(
+                f"identities must be host names, IP addresses or e-mail addresses, got "
+                f"{identities!r}: {exc}"
+            ) from None
 
     def _identity(self, name: str) -> _KeyAndChain:
         """The key and chain of a preset (or of ``"client"``), made on first use."""
@@ -342,7 +417,10 @@ class CertificateAuthority:
         elif preset == "untrusted":
             leaf = self._rogue_ca().issue_cert(*self.identities)
         elif preset == "self-signed":
-            return _self_signed(self.identities)
+            # The names of the "valid" certificate, as trustme wrote them (A-labels, IPs).
+            valid = x509.load_pem_x509_certificate(self._identities["valid"].chain_pems[0])
+            names = valid.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            return _self_signed(names.value)
         elif preset == "client":
             leaf = self.issue_cert(CLIENT_IDENTITY)
         elif preset == "untrusted-client":
@@ -380,17 +458,17 @@ class CertificateAuthority:
         """
         # Fast path (a fixture asks for the same context in every test): a cache hit means
         # these arguments were validated before.
-        raw_key = (preset, client_certs, minimum_version, maximum_version, alpn)
+        given = (preset, client_certs, minimum_version, maximum_version, alpn)
         try:
-            return self._server_contexts[raw_key]
+            return self._given_contexts[given]
         except (KeyError, TypeError):  # TypeError: unhashable arguments (a list of ALPNs)
             pass
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
-        if client_certs not in _CLIENT_CERTS:
-            raise ValueError(f"client_certs must be one of {_CLIENT_CERTS}, got {client_certs!r}")
-        low = _tls_version(minimum_version, "minimum_version")
-        high = _tls_version(maximum_version, "maximum_version")
+        preset = _preset(preset)
+        if client_certs not in _CLIENT_CERTS or not isinstance(client_certs, str):
+            raise (ValueError if isinstance(client_certs, str) else TypeError)(
+                f"client_certs must be one of {_CLIENT_CERTS}, got {client_certs!r}"
+            )
+        low, high = _tls_versions(minimum_version, maximum_version)
         protocols = _alpn(alpn)
         key = (preset, client_certs, low, high, protocols)
         with self._lock:
@@ -413,10 +491,12 @@ class CertificateAuthority:
         with self._lock:
             # Two threads may have built one at once; keep the first so callers share it.
             context = self._server_contexts.setdefault(key, context)
-            try:
-                self._server_contexts[raw_key] = context
-            except TypeError:
-                pass
+            # Only arguments of exactly these types go to the fast path: an int equal to an
+            # ssl.TLSVersion (771) or 1 for True must not find a context validation refuses.
+            if all(type(v) is str or v is None for v in given[:4]) and (
+                alpn is None or (type(alpn) is tuple and all(type(p) is str for p in alpn))
+            ):
+                self._given_contexts[given] = context
             return context
 
     def client_context(
@@ -440,12 +520,18 @@ class CertificateAuthority:
             maximum_version: the highest TLS version offered, e.g. ``"1.2"``.
             alpn: ALPN protocols to offer.
         """
-        if client_cert not in (True, False, "untrusted"):
-            raise ValueError(f"client_cert must be True, False or 'untrusted', got {client_cert!r}")
-        low = _tls_version(minimum_version, "minimum_version")
-        high = _tls_version(maximum_version, "maximum_version")
+        # Identity checks: 1 == True and 0 == False, yet 1 is not a choice of certificate.
+        if not (client_cert is True or client_cert is False or client_cert == "untrusted"):
+            raise (ValueError if isinstance(client_cert, str) else TypeError)(
+                f"client_cert must be True, False or 'untrusted', got {client_cert!r}"
+            )
+        low, high = _tls_versions(minimum_version, maximum_version)
         protocols = _alpn(alpn)
         self._check_open()
+        env_keylog = _env_keylog_file()
+        if env_keylog is not None:
+            # create_default_context opens it (creating it with the process umask).
+            ensure_private_file(env_keylog, "the SSLKEYLOGFILE environment variable")
         context = ssl.create_default_context(cadata=self.cert_pem.decode("ascii"))
         if client_cert is not False:
             which = "client" if client_cert is True else "untrusted-client"
@@ -463,9 +549,7 @@ class CertificateAuthority:
     def server_cert_files(self, preset: Preset = "valid") -> CertFiles:
         """The certificate chain and key of a server preset, as files (e.g. for a real
         server such as ``redis-server --tls-port``)."""
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
-        identity = self._identity(preset)
+        identity = self._identity(_preset(preset))
         return CertFiles(
             cert=self._write(f"{preset}.crt", b"".join(identity.chain_pems)),
             key=self._write(f"{preset}.key", identity.key_pem),
@@ -486,12 +570,12 @@ class CertificateAuthority:
             if path is not None:
                 return path
             if self._files_dir is None:
-                self._files_dir = tempfile.mkdtemp(prefix="netthreads-tls-")  # mode 0700
+                directory = OwnedDirectory(_FILES_PREFIX)  # mode 0700, its lock held
+                self._files_dir = directory.path
                 # A safety net for a CA that is never closed: runs at garbage collection or
-                # interpreter exit, whichever is first.
-                self._finalizer = weakref.finalize(
-                    self, shutil.rmtree, self._files_dir, ignore_errors=True
-                )
+                # interpreter exit, whichever is first. (A process killed before either
+                # leaves the directory to the next process's _remove_stale_files_once.)
+                self._finalizer = weakref.finalize(self, directory.remove)
             path = os.path.join(self._files_dir, name)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
@@ -515,6 +599,7 @@ class CertificateAuthority:
         with self._lock:
             self._closed = True
             self._server_contexts.clear()
+            self._given_contexts.clear()
             finalizer, self._finalizer = self._finalizer, None
             self._files.clear()
             self._files_dir = None
@@ -530,6 +615,34 @@ class CertificateAuthority:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<CertificateAuthority {state} identities={list(self.identities)}>"
+
+
+def _check_identities(identities: Sequence[object]) -> None:
+    if not identities:
+        raise ValueError("identities must be non-empty host names or IP addresses, got none")
+    for identity in identities:
+        if not isinstance(identity, str):
+            raise TypeError(
+                f"identities must be host names or IP addresses (str), got {identity!r} "
+                f"in {identities!r}"
+            )
+        if not identity:
+            raise ValueError(
+                f"identities must be non-empty host names or IP addresses, got {identities!r}"
+            )
+
+
+def _utc(moment: datetime.datetime) -> datetime.datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.timezone.utc)
+
+
+def _remove_stale_files_once() -> None:
+    """Remove the files directories of CAs whose process died without closing them (killed
+    by SIGKILL, ended by ``os._exit``), once per process: at the first CA made."""
+    global _stale_files_checked
+    if not _stale_files_checked:
+        _stale_files_checked = True
+        remove_stale_directories(_FILES_PREFIX)
 
 
 __all__ = [

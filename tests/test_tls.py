@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import socket
 import ssl
@@ -15,6 +16,7 @@ import httpx
 import pytest
 import requests
 import urllib3
+from cryptography import x509
 
 from pytest_netthreads import HandlerError, ServerConnection, ThreadedServer, handlers
 from pytest_netthreads.tls import (
@@ -50,6 +52,20 @@ def tls_connect(
 def echo_once(sock: ssl.SSLSocket, data: bytes = b"ping") -> bytes:
     sock.sendall(data)
     return recv_exactly(sock, len(data))
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """The process umask set to ``mask`` (022: what most shells have) for the block."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
 
 
 # -- presets ------------------------------------------------------------------------------
@@ -262,7 +278,10 @@ def test_alpn_selection_is_recorded(ca: CertificateAuthority) -> None:
     assert [r.tls and r.tls["alpn"] for r in records] == ["http/1.1", "h2"]
 
 
-def test_key_log_file_is_opt_in(tmp_path: os.PathLike[str]) -> None:
+def test_key_log_file_is_opt_in(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSLKEYLOGFILE", raising=False)  # client contexts would follow it
     keylog = os.path.join(tmp_path, "keys.log")
     with CertificateAuthority() as plain:
         assert plain.server_context().keylog_filename is None
@@ -280,6 +299,111 @@ def test_key_log_file_is_opt_in(tmp_path: os.PathLike[str]) -> None:
     secrets = [line for line in lines if line.startswith("CLIENT_TRAFFIC_SECRET_0 ")]
     assert len(secrets) == 2
     assert secrets[0] == secrets[1]
+
+
+def handshake_with_key_log(ca: CertificateAuthority) -> None:
+    with ThreadedServer(handlers.echo, ssl_context=ca.server_context()) as srv:
+        with tls_connect(srv.address, ca.client_context()) as client:
+            assert echo_once(client) == b"ping"
+        srv.wait_for_connections(1, closed=True)
+
+
+def test_key_log_file_is_private_under_umask_022(tmp_path: os.PathLike[str]) -> None:
+    keylog = os.path.join(tmp_path, "keys.log")
+    with umask(0o022), CertificateAuthority(keylog_file=keylog) as ca:
+        assert mode(keylog) == 0o600  # created at once, before any context opens it
+        handshake_with_key_log(ca)
+    assert mode(keylog) == 0o600
+    with open(keylog) as f:
+        assert f.read().count("CLIENT_TRAFFIC_SECRET_0 ") == 2
+
+
+def test_existing_key_log_file_is_made_private_and_appended_to(
+    tmp_path: os.PathLike[str],
+) -> None:
+    keylog = os.path.join(tmp_path, "keys.log")
+    with open(keylog, "w") as f:
+        f.write("# from an earlier run\n")
+    os.chmod(keylog, 0o644)
+    with CertificateAuthority(keylog_file=keylog) as ca:
+        assert mode(keylog) == 0o600
+        # Removed during the session (by the user): the next context creates it 0600 again.
+        os.unlink(keylog)
+        with umask(0o022):
+            handshake_with_key_log(ca)
+    assert mode(keylog) == 0o600
+    with open(keylog) as f:
+        assert f.read().count("CLIENT_TRAFFIC_SECRET_0 ") >= 1
+
+
+def test_sslkeylogfile_is_followed_by_client_contexts_and_kept_private(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Python's ssl.create_default_context() follows SSLKEYLOGFILE, and client_context() is
+    # built like it: documented, and the file is made private like keylog_file.
+    keylog = os.path.join(tmp_path, "env-keys.log")
+    monkeypatch.setenv("SSLKEYLOGFILE", keylog)
+    with umask(0o022), CertificateAuthority() as ca:
+        assert ca.server_context().keylog_filename is None
+        assert ca.client_context().keylog_filename == keylog
+        handshake_with_key_log(ca)
+    assert mode(keylog) == 0o600
+    with open(keylog) as f:
+        assert f.read().count("CLIENT_TRAFFIC_SECRET_0 ") == 1  # the client's end only
+    # keylog_file takes precedence.
+    own = os.path.join(tmp_path, "own.log")
+    with CertificateAuthority(keylog_file=own) as ca:
+        assert ca.client_context().keylog_filename == own
+    # A symbolic link in its place is refused, at the call that would open it.
+    os.unlink(keylog)
+    os.symlink(own, keylog)
+    with CertificateAuthority() as ca, pytest.raises(ValueError, match="SSLKEYLOGFILE"):
+        ca.client_context()
+
+
+class _BytesPath:
+    def __fspath__(self) -> bytes:
+        return b"/tmp/keys.log"
+
+
+def _keylog_cases(tmp: str) -> list[tuple[object, type[Exception], str]]:
+    fifo = os.path.join(tmp, "fifo")
+    os.mkfifo(fifo)
+    target = os.path.join(tmp, "target.log")
+    link = os.path.join(tmp, "link.log")
+    os.symlink(target, link)  # dangling: following it would create target.log
+    theirs = os.path.join(tmp, "theirs.log")
+    with open(theirs, "w"):
+        pass
+    os.chmod(theirs, 0o666)
+    if os.geteuid() == 0:
+        os.chown(theirs, 65534, 65534)
+        theirs_error = "belongs to another user"
+    else:
+        theirs = "/etc/hostname"  # root's, not writable: refused either way
+        theirs_error = "cannot be opened for appending"
+    return [
+        (b"/tmp/keys.log", TypeError, "keylog_file must be a path"),
+        (_BytesPath(), TypeError, "keylog_file must be a path"),
+        ("", ValueError, "keylog_file must be a non-empty path"),
+        (tmp, ValueError, "keylog_file .* cannot be opened for appending: Is a directory"),
+        (os.path.join(tmp, "a\0b"), ValueError, "keylog_file must not contain NUL"),
+        (os.path.join(tmp, "x" * 5000), ValueError, "cannot be opened .*too long"),
+        (os.path.join(tmp, "missing", "k.log"), ValueError, "No such file or directory"),
+        (link, ValueError, "is a symbolic link"),
+        (fifo, ValueError, "not a regular file"),
+        ("/dev/null", ValueError, "not a regular file"),
+        (theirs, ValueError, theirs_error),
+    ]
+
+
+def test_bad_key_log_files_are_refused_at_construction(tmp_path: os.PathLike[str]) -> None:
+    tmp = os.fspath(tmp_path)
+    for value, error, match in _keylog_cases(tmp):
+        with pytest.raises(error, match=match):
+            CertificateAuthority(keylog_file=value)  # type: ignore[arg-type]
+    # Nothing was created through the dangling link.
+    assert not os.path.lexists(os.path.join(tmp, "target.log"))
 
 
 # -- files, caching, lifecycle --------------------------------------------------------------
@@ -351,11 +475,49 @@ def test_contexts_built_from_many_threads_at_once() -> None:
         (lambda ca: ca.server_context("bogus"), ValueError, "preset must be one of"),
         (lambda ca: ca.server_context(client_certs="yes"), ValueError, "client_certs must be"),
         (lambda ca: ca.server_context(minimum_version="1.1"), ValueError, "minimum_version"),
-        (lambda ca: ca.client_context(maximum_version=13), ValueError, "maximum_version"),
+        (lambda ca: ca.client_context(maximum_version=13), TypeError, "maximum_version"),
         (lambda ca: ca.server_context(alpn="h2"), TypeError, "alpn must be a sequence"),
         (lambda ca: ca.client_context(alpn=[""]), ValueError, "alpn entries"),
+        (lambda ca: ca.client_context(alpn=[b"h2"]), TypeError, "alpn entries"),
         (lambda ca: ca.client_context(client_cert="yes"), ValueError, "client_cert must be"),
         (lambda ca: ca.server_cert_files("bogus"), ValueError, "preset must be one of"),
+        (lambda ca: ca.server_context(1), TypeError, "preset must be one of"),
+        (lambda ca: ca.server_cert_files(None), TypeError, "preset must be one of"),
+        (lambda ca: ca.server_context(client_certs=True), TypeError, "client_certs must be"),
+        # 1 == True and 0 == False: both used to pass, and to present the untrusted client
+        # certificate.
+        (lambda ca: ca.client_context(client_cert=1), TypeError, "client_cert must be"),
+        (lambda ca: ca.client_context(client_cert=0), TypeError, "client_cert must be"),
+        (
+            lambda ca: ca.server_context(minimum_version="1.3", maximum_version="1.2"),
+            ValueError,
+            "minimum_version must not be above maximum_version",
+        ),
+        (
+            lambda ca: ca.client_context(
+                minimum_version=ssl.TLSVersion.TLSv1_3, maximum_version="TLSv1.2"
+            ),
+            ValueError,
+            "minimum_version must not be above maximum_version",
+        ),
+        (lambda ca: ca.issue_cert(), ValueError, "identities must be non-empty"),
+        (lambda ca: ca.issue_cert(3), TypeError, "identities must be host names"),
+        (lambda ca: ca.issue_cert("a b"), ValueError, "identities must be host names.*'a b'"),
+        (lambda ca: ca.issue_cert("x", not_before="2020"), TypeError, "not_before must be"),
+        (
+            lambda ca: ca.issue_cert("x", not_after=datetime.date(2030, 1, 1)),
+            TypeError,
+            "not_after must be a datetime",
+        ),
+        (
+            lambda ca: ca.issue_cert(
+                "x",
+                not_before=datetime.datetime(2030, 1, 1),
+                not_after=datetime.datetime(2029, 1, 1, tzinfo=datetime.timezone.utc),
+            ),
+            ValueError,
+            "not_after must be later than not_before",
+        ),
     ],
 )
 def test_bad_arguments_are_named(
@@ -368,10 +530,39 @@ def test_bad_arguments_are_named(
 def test_bad_constructor_arguments_are_named() -> None:
     with pytest.raises(TypeError, match="identities must be a sequence"):
         CertificateAuthority(identities="localhost")
+    with pytest.raises(TypeError, match="identities must be a sequence"):
+        CertificateAuthority(identities=b"localhost")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="identities must be non-empty"):
         CertificateAuthority(identities=[])
+    with pytest.raises(ValueError, match="identities must be non-empty"):
+        CertificateAuthority(identities=["localhost", ""])
+    with pytest.raises(TypeError, match="identities must be host names"):
+        CertificateAuthority(identities=["localhost", 3])  # type: ignore[list-item]
+    # A host name that is not one fails here, not at the first server_context() call.
+    for bad in ("a b", "x" * 64 + ".test", "a..b"):
+        with pytest.raises(ValueError, match="identities must be host names, IP addresses"):
+            CertificateAuthority(identities=["localhost", bad])
     with pytest.raises(TypeError, match="keylog_file must be a path"):
         CertificateAuthority(keylog_file=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="organization must be a non-empty str"):
+        CertificateAuthority(organization=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="organization must be a non-empty str"):
+        CertificateAuthority(organization="")
+
+
+def test_an_int_tls_version_is_refused_even_after_the_context_was_cached(
+    ca: CertificateAuthority,
+) -> None:
+    # ssl.TLSVersion is an IntEnum: 771 == TLSVersion.TLSv1_2 and hashes the same, so the
+    # fast path used to return the cached context for what validation refuses.
+    for value in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.MAXIMUM_SUPPORTED):
+        context = ca.server_context(minimum_version=value)
+        assert ca.server_context(minimum_version=value) is context
+        with pytest.raises(TypeError, match=r"minimum_version must be an ssl\.TLSVersion"):
+            ca.server_context(minimum_version=int(value))
+    assert ca.server_context(minimum_version="1.2") is ca.server_context(
+        minimum_version=ssl.TLSVersion.TLSv1_2
+    )
 
 
 def test_custom_identities(ca: CertificateAuthority) -> None:
@@ -618,3 +809,18 @@ def test_httpx_mutual_tls(ca: CertificateAuthority) -> None:
         records = sorted(srv.wait_for_connections(2, closed=True), key=lambda r: r.index)
     assert [r.how_closed for r in records] == ["peer-eof", "handshake-failed"]
     assert len(responder.requests) == 1
+
+
+def test_self_signed_preset_names_the_same_identities_as_valid() -> None:
+    # Internationalized names, wildcards, networks and e-mail addresses: the forms trustme
+    # takes, written the same way (IDNA 2008 A-labels) in both certificates.
+    identities = ["straße.test", "*.wild.test", "10.0.0.0/8", "me@example.test"]
+    with CertificateAuthority(identities=identities) as custom:
+        sans = []
+        for preset in ("valid", "self-signed"):
+            cert, _ = custom.server_cert_files(preset)  # type: ignore[arg-type]
+            with open(cert, "rb") as f:
+                leaf = x509.load_pem_x509_certificate(f.read())
+            sans.append(leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName))
+    assert sans[0].value == sans[1].value
+    assert "xn--strae-oqa.test" in sans[0].value.get_values_for_type(x509.DNSName)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
+from collections.abc import Iterator
 
 import pytest
 
@@ -169,32 +172,99 @@ def test_ca_files_are_private_and_removed_at_session_end(pytester: pytest.Pytest
     assert [p for p in paths if os.path.exists(p)] == []
 
 
-def test_key_log_file_option(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        """
-        import socket
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """The umask (inherited by the inner pytest) set to ``mask`` for the block."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
-        def test_handshake(tls_echo_server, tls_client_context):
-            raw = socket.create_connection(tls_echo_server.address, timeout=10)
-            with tls_client_context.wrap_socket(raw, server_hostname="localhost") as tls:
-                tls.sendall(b"k")
-                assert tls.recv(1) == b"k"
-        """
-    )
-    result = run(pytester, "--tls-keylog-file=keys.log")
+
+HANDSHAKE = """
+import socket
+
+def test_handshake(tls_echo_server, tls_client_context):
+    raw = socket.create_connection(tls_echo_server.address, timeout=10)
+    with tls_client_context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(b"k")
+        assert tls.recv(1) == b"k"
+"""
+
+
+def test_key_log_file_option(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(HANDSHAKE)
+    with umask(0o022):  # what most shells have: ssl would create the file 0644
+        result = run(pytester, "--tls-keylog-file=keys.log")
     result.assert_outcomes(passed=1)
+    assert stat.S_IMODE((pytester.path / "keys.log").stat().st_mode) == 0o600
     lines = (pytester.path / "keys.log").read_text().splitlines()
     assert sum(line.startswith("CLIENT_TRAFFIC_SECRET_0 ") for line in lines) == 2
 
     # The ini key, relative to the ini file; and nothing is logged without either.
     (pytester.path / "keys.log").unlink()
     pytester.makeini("[pytest]\ntls_keylog_file = from-ini.log\n")
-    run(pytester).assert_outcomes(passed=1)
+    with umask(0o022):
+        run(pytester).assert_outcomes(passed=1)
+    assert stat.S_IMODE((pytester.path / "from-ini.log").stat().st_mode) == 0o600
     assert (pytester.path / "from-ini.log").read_text().count("CLIENT_TRAFFIC_SECRET_0") == 2
     (pytester.path / "from-ini.log").unlink()
     pytester.makeini("[pytest]\n")
     run(pytester).assert_outcomes(passed=1)
     assert sorted(p.name for p in pytester.path.glob("*.log")) == []
+
+
+def test_key_log_file_is_relative_to_where_pytest_started(pytester: pytest.Pytester) -> None:
+    # Not to the directory a test (or fixture) has changed to by the time the CA is made.
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture(autouse=True)
+        def elsewhere(monkeypatch, tmp_path):
+            monkeypatch.chdir(tmp_path)
+        """
+    )
+    # No session-scoped tls_ca here: it would be set up before the autouse fixture.
+    pytester.makepyfile(
+        """
+        import socket, ssl
+
+        def test_handshake(tls_echo_server):
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            raw = socket.create_connection(tls_echo_server.address, timeout=10)
+            with context.wrap_socket(raw) as tls:
+                tls.sendall(b"k")
+                assert tls.recv(1) == b"k"
+        """
+    )
+    run(pytester, "--tls-keylog-file=keys.log").assert_outcomes(passed=1)
+    # The server's end (the client context is not the CA's).
+    assert (pytester.path / "keys.log").read_text().count("CLIENT_TRAFFIC_SECRET_0") == 1
+    assert [p.name for p in pytester.path.rglob("*.log")] == ["keys.log"]
+
+
+def test_a_bad_key_log_file_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    (pytester.path / "adir").mkdir()
+    result = run(pytester, "--tls-keylog-file=adir")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: --tls-keylog-file (ini tls_keylog_file) '*adir' cannot be opened for "
+            "appending: Is a directory"
+        ]
+    )
+    # A symbolic link (planted in a shared directory, it would redirect the secrets).
+    (pytester.path / "link.log").symlink_to(pytester.path / "target.log")
+    pytester.makeini("[pytest]\ntls_keylog_file = link.log\n")
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --tls-keylog-file *link.log'*is a symbolic link*"])
+    assert not (pytester.path / "target.log").exists()
 
 
 def test_tls_costs_nothing_when_unused(pytester: pytest.Pytester) -> None:
