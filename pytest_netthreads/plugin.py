@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import handlers, hookspecs
+from ._runtime.reactor import shutdown_reactor_if_idle
 from .detect.deadlock import DeadlockDetector, DeadlockError, HangError
 from .detect.lockorder import LockOrderChecker
 from .detect.socketleak import format_socket_leaks
@@ -29,7 +30,6 @@ from .detect.threadleak import (
 )
 from .faults import FaultProxy, ProxyError, SocketFaults
 from .servers import ServerError, ThreadedServer
-from .servers._reactor import shutdown_reactor_if_idle
 from .servers.factory import ServerFactory
 
 if TYPE_CHECKING:
@@ -312,7 +312,7 @@ def _configure_tls(config: pytest.Config) -> None:
     if path is not None:
         # Checked (and the file created, mode 0600) now: a bad path is a usage error, not
         # the error of every TLS test. Standard library only: trustme is not imported.
-        from ._private_files import ensure_private_file
+        from ._runtime.private_files import ensure_private_file
 
         try:
             ensure_private_file(path, "--tls-keylog-file (ini tls_keylog_file)")

@@ -44,8 +44,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ._private_files import OwnedDirectory, ensure_private_file, remove_stale_directories
-from .servers._tls import record_sni
+from ._runtime.private_files import OwnedDirectory, ensure_private_file, remove_stale_directories
+from .servers.tls_accept import record_sni
 
 if TYPE_CHECKING:
     from typing_extensions import Self

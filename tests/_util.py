@@ -6,7 +6,7 @@ import os
 import socket
 import threading
 
-from pytest_netthreads._threads import is_internal
+from pytest_netthreads._runtime.threads import is_internal
 
 
 def open_fds() -> int:

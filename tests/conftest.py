@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pytest_netthreads.servers._reactor import get_reactor
+from pytest_netthreads._runtime.reactor import get_reactor
 from tests._util import live_threads, open_fds
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pytest_netthreads._threads import is_internal
+from pytest_netthreads._runtime.threads import is_internal
 from pytest_netthreads.detect import locks
 from pytest_netthreads.detect.deadlock import (
     DeadlockDetector,

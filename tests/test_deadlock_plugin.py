@@ -263,7 +263,7 @@ def test_one_internal_watchdog_thread_for_the_session(pytester: pytest.Pytester)
         test_watchdog="""
         import threading
         import pytest
-        from pytest_netthreads._threads import is_internal
+        from pytest_netthreads._runtime.threads import is_internal
 
         @pytest.mark.parametrize("i", range(3))
         def test_one_watchdog(i):

@@ -11,6 +11,7 @@ import pytest
 import urllib3
 
 from pytest_netthreads import ServerConnection, ThreadedServer, handlers
+from pytest_netthreads._runtime.reactor import get_reactor
 from pytest_netthreads.faults import (
     RecvChunks,
     RecvError,
@@ -19,7 +20,6 @@ from pytest_netthreads.faults import (
     SocketFaults,
 )
 from pytest_netthreads.faults.insocket import patched
-from pytest_netthreads.servers._reactor import get_reactor
 from tests._util import connect, recv_exactly
 
 pytestmark = pytest.mark.usefixtures("_reactor_running", "no_thread_or_fd_leak")

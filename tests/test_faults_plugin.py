@@ -16,7 +16,7 @@ def test_fault_proxy_fixture_applies_faults_and_stops_at_teardown(
         """
         import socket
         from pytest_netthreads import faults
-        from pytest_netthreads.servers._reactor import get_reactor
+        from pytest_netthreads._runtime.reactor import get_reactor
 
         PROXIES = []
 

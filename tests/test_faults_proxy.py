@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from pytest_netthreads import ServerConnection, ThreadedServer, handlers
+from pytest_netthreads._runtime.reactor import get_reactor, shutdown_reactor_if_idle
 from pytest_netthreads.faults import (
     Bandwidth,
     Corrupt,
@@ -31,7 +32,6 @@ from pytest_netthreads.faults import (
     Stall,
     Timeout,
 )
-from pytest_netthreads.servers._reactor import get_reactor, shutdown_reactor_if_idle
 from tests._util import recv_exactly
 
 pytestmark = pytest.mark.usefixtures("_reactor_running", "no_thread_or_fd_leak")

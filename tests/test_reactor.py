@@ -17,10 +17,10 @@ from types import SimpleNamespace
 import pytest
 
 from pytest_netthreads import ThreadedServer, handlers
+from pytest_netthreads._runtime import reactor as reactor_module
+from pytest_netthreads._runtime.reactor import MAX_WAIT, Reactor, ReactorDied, get_reactor
 from pytest_netthreads.faults import FaultProxy, Latency
 from pytest_netthreads.servers import HandlerError, NativeConnection
-from pytest_netthreads.servers import _reactor as reactor_module
-from pytest_netthreads.servers._reactor import MAX_WAIT, Reactor, ReactorDied, get_reactor
 from tests._util import recv_exactly
 
 

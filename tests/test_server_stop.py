@@ -16,8 +16,8 @@ from collections.abc import Callable
 import pytest
 
 from pytest_netthreads import ThreadedServer, handlers
+from pytest_netthreads._runtime.reactor import get_reactor
 from pytest_netthreads.servers import HandlerError, ServerConnection, ServerStopTimeout
-from pytest_netthreads.servers._reactor import get_reactor
 
 ROUNDS = 25
 

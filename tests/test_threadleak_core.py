@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pytest_netthreads._threads import mark_internal
+from pytest_netthreads._runtime.threads import mark_internal
 from pytest_netthreads.detect.threadleak import ThreadLeakChecker, ThreadLeakError
 
 

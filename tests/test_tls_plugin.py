@@ -274,7 +274,7 @@ def test_tls_costs_nothing_when_unused(pytester: pytest.Pytester) -> None:
 
         def test_plain(echo_server):
             assert "pytest_netthreads.tls" not in sys.modules
-            assert "pytest_netthreads.servers._tls" not in sys.modules
+            assert "pytest_netthreads.servers.tls_accept" not in sys.modules
         """
     )
     run(pytester).assert_outcomes(passed=1)

@@ -35,7 +35,7 @@ from time import monotonic
 from types import FrameType
 from typing import Any
 
-from .._threads import is_internal, mark_internal
+from .._runtime.threads import is_internal, mark_internal
 from . import locks
 from .locks import TrackedLock, TrackedRLock, Wait
 

@@ -22,9 +22,10 @@ import weakref
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from .._runtime.values import format_address
 from .threadleak import Frame, format_stack, where
 
-_KIT_SOCKET_FILES = (os.path.join("pytest_netthreads", "servers", "_reactor.py"),)
+_KIT_SOCKET_FILES = (os.path.join("pytest_netthreads", "_runtime", "reactor.py"),)
 
 
 @dataclass(eq=False)
@@ -81,11 +82,11 @@ def describe_socket(sock: socket.socket) -> str:
     except ValueError:
         parts.append(str(sock.type))
     try:
-        local = _address(sock.getsockname())
+        local = format_address(sock.getsockname(), unnamed="")
     except OSError:
         local = ""
     try:
-        peer = _address(sock.getpeername())
+        peer = format_address(sock.getpeername(), unnamed="")
     except OSError:
         peer = ""
     if local:
@@ -95,15 +96,6 @@ def describe_socket(sock: socket.socket) -> str:
     elif local:
         parts.append("(not connected)")
     return " ".join(parts)
-
-
-def _address(address: object) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    if isinstance(address, bytes):  # abstract Unix socket names
-        return repr(address)
-    return str(address)
 
 
 def still_open(records: list[SocketRecord]) -> list[SocketRecord]:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .._threads import format_thread_stack, is_internal
+from .._runtime.threads import format_thread_stack, is_internal
 
 if TYPE_CHECKING:
     import socket

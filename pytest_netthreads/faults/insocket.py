@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _values
+from .._runtime import values as _values
 from .specs import RecvChunks, RecvError, SendError, ShortSends, SocketFault
 
 _BASE: Any = socket.SocketType  # the C socket type: the methods socket.socket inherits

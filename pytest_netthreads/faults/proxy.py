@@ -1,7 +1,7 @@
 """FaultProxy: a TCP proxy that applies faults, inside the test process.
 
 Design: every socket of the proxy is non-blocking and registered with the kit's process-wide
-event loop (``servers/_reactor.py``, the loop the servers use too), and every callback runs
+event loop (``_runtime/reactor.py``, the loop the servers use too), and every callback runs
 under that loop's lock, so a fault can act on any connection at any moment without racing a
 blocked ``recv`` (a reset is a ``SO_LINGER`` 0 close). Sharing the loop with the servers is
 what makes the proxy cheap in front of an in-process server: forwarding a request to
@@ -33,9 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .. import _values
-from .._threads import format_thread_stack
-from ..servers._reactor import (
+from .._runtime import values as _values
+from .._runtime.reactor import (
     EVENT_READ,
     EVENT_WRITE,
     RESOURCE_ERRNOS,
@@ -46,6 +45,8 @@ from ..servers._reactor import (
     acquire_reactor,
     is_retryable_accept_error,
 )
+from .._runtime.threads import format_thread_stack
+from .._runtime.values import format_address
 from .specs import (
     Bandwidth,
     Corrupt,
@@ -460,8 +461,8 @@ class FaultProxy:
     def name(self) -> str:
         if self._name is not None:
             return self._name
-        where = _fmt(self._address) if self._address else "unbound"
-        return f"{where}->{_fmt(self._target)}"
+        where = format_address(self._address) if self._address else "unbound"
+        return f"{where}->{format_address(self._target)}"
 
     @property
     def address(self) -> tuple[str, int]:
@@ -480,7 +481,7 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
-        return f"http://{_fmt(self.address)}"
+        return f"http://{format_address(self.address)}"
 
     @property
     def target(self) -> Any:
@@ -601,9 +602,9 @@ class FaultProxy:
             try:
                 sock.bind((self._host, port))
             except OSError as exc:
+                where = format_address((self._host, port))
                 raise OSError(
-                    exc.errno, f"fault proxy cannot listen on {_fmt((self._host, port))}: "
-                    f"{exc.strerror}"
+                    exc.errno, f"fault proxy cannot listen on {where}: {exc.strerror}"
                 ) from None
             sock.listen(1024)
             sock.setblocking(False)
@@ -1200,13 +1201,6 @@ def _check_fault(fault: object) -> None:
             f"faults must be proxy faults (faults.Latency(...), faults.ResetPeer(...)...), "
             f"got {fault!r}"
         )
-
-
-def _fmt(address: object) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address)
 
 
 def _resolve_target(target: Any) -> tuple[socket.AddressFamily, Any]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from .._runtime.reactor import ReactorDied
 from . import handlers
-from ._reactor import ReactorDied
 from .core import (
     Address,
     ConnectionRecord,

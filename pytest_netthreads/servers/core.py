@@ -1,7 +1,7 @@
 """The threaded server core: :class:`ThreadedServer` and what it records.
 
 A server is a listening socket registered with the process-wide reactor (see
-``_reactor.py``); it owns no thread of its own until a client connects. Each accepted
+``_runtime/reactor.py``); it owns no thread of its own until a client connects. Each accepted
 connection is then served in one of three ways, chosen by ``concurrency``:
 
 ``"thread"``  (default) a new daemon thread per connection runs ``handler(conn)``;
@@ -24,12 +24,10 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from .. import _values
-from .._threads import format_thread_stack
-from ._reactor import (
+from .._runtime import values as _values
+from .._runtime.reactor import (
     EVENT_READ,
     AcceptBackoff,
     Reactor,
@@ -38,14 +36,24 @@ from ._reactor import (
     get_reactor,
     is_retryable_accept_error,
 )
+from .._runtime.threads import format_thread_stack
+from .._runtime.values import format_address, resolve_host
+from .records import (
+    Address,
+    ConnectionRecord,
+    Handler,
+    HandlerError,
+    HowClosed,
+    ServerConnection,
+    ServerError,
+    ServerStopTimeout,
+    TLSHandshakeFailed,
+)
 
 if TYPE_CHECKING:
     import ssl
 
-    from typing_extensions import Buffer, Self
-
-Address = tuple[str, int] | str
-"""``(host, port)`` for TCP servers, the socket path for Unix domain servers."""
+    from typing_extensions import Self
 
 Concurrency = Literal["thread", "pool", "selector"]
 _CONCURRENCY = ("thread", "pool", "selector")
@@ -53,183 +61,12 @@ _MAX_BACKLOG = 2**31 - 1  # listen() takes a C int; the kernel caps it at somaxc
 
 _DISCONNECTS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
-HowClosed = Literal[
-    "peer-eof", "peer-reset", "handler", "server-stop", "error", "handshake-failed", "unserved"
-]
-"""How a connection ended.
-
-``peer-eof``: the client closed its side and the handler finished; ``peer-reset``: the client
-reset the connection (or vanished mid-message); ``handler``: the handler returned or closed
-the connection on its own; ``server-stop``: :meth:`ThreadedServer.stop` closed it (its
-handler ran, on what the client had sent before the stop); ``error``: the handler raised;
-``handshake-failed``: the TLS handshake did not complete; ``unserved``: accepted, but its
-handler never ran before the stop timeout passed (a pool kept busy by stuck handlers),
-reported by :class:`ServerStopTimeout`.
-"""
-
 # What a handler may see because stop() shut its socket down under it: not the handler's bug.
 _STOP_ERRNOS = frozenset(
     {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED}
 )
 # How much longer than the stopping thread's own deadline a concurrent stop() waits for it.
 _STOP_WAIT_MARGIN = 10.0
-
-
-@dataclass(eq=False)
-class ConnectionRecord:
-    """What a server saw of one connection. Read it; the server fills it in."""
-
-    index: int
-    """0 for the first connection the server accepted, then 1, 2, ..."""
-    peer: Address
-    """The client's address (``(host, port)``, or ``""`` for unnamed Unix sockets)."""
-    opened_at: float
-    """``time.time()`` when the connection was accepted."""
-    closed_at: float | None = None
-    """``time.time()`` when the server closed it, ``None`` while it is open."""
-    bytes_in: int = 0
-    """Bytes the server read from the client (after TLS decryption)."""
-    bytes_out: int = 0
-    """Bytes the server sent to the client (before TLS encryption)."""
-    how_closed: HowClosed | None = None
-    """See :data:`HowClosed`; ``None`` while the connection is open."""
-    error: str | None = None
-    """The formatted traceback when the handler raised."""
-    thread_name: str | None = None
-    """The worker thread that served it (``None`` for selector connections)."""
-    saw_eof: bool = False
-    """Whether the server read end-of-file from the client."""
-    tls: dict[str, Any] | None = None
-    """TLS details (version, cipher, ALPN, SNI, client certificate) for TLS servers."""
-
-    @property
-    def closed(self) -> bool:
-        return self.closed_at is not None
-
-    @property
-    def duration(self) -> float | None:
-        """Seconds the connection was open, ``None`` while it is open."""
-        return None if self.closed_at is None else self.closed_at - self.opened_at
-
-
-class ServerError(Exception):
-    """Base class of the errors a server raises at :meth:`~ThreadedServer.stop`."""
-
-
-class HandlerError(ServerError):
-    """One or more connection handlers raised. The message holds each server-side traceback.
-
-    Attributes:
-        server_name: the server's name.
-        failures: ``(record, exception)`` for each error, ``record`` ``None`` for errors that
-            belong to no connection (accepting failed, for instance).
-    """
-
-    def __init__(
-        self,
-        server_name: str,
-        failures: list[tuple[ConnectionRecord | None, BaseException, str]],
-        extra: str = "",
-    ) -> None:
-        self.server_name = server_name
-        self.failures = [(rec, exc) for rec, exc, _ in failures]
-        parts = [f"{len(failures)} error(s) in server {server_name}:"]
-        for rec, exc, text in failures:
-            where = (
-                "while accepting"
-                if rec is None
-                else f"in connection #{rec.index} from {_format_address(rec.peer)}"
-                + (f" (thread {rec.thread_name})" if rec.thread_name else "")
-            )
-            parts.append(f"--- {type(exc).__name__} {where}; server-side traceback:\n{text}")
-        if extra:
-            parts.append(extra)
-        super().__init__("\n".join(parts).rstrip())
-
-    @property
-    def exceptions(self) -> list[BaseException]:
-        return [exc for _, exc in self.failures]
-
-
-class ServerStopTimeout(ServerError):
-    """Worker threads did not finish within the stop timeout. Names each with its stack.
-
-    Attributes:
-        threads: the worker threads still running.
-        unserved: the records of connections accepted but never served (their handler did
-            not get to run before the timeout; ``how_closed="unserved"``).
-    """
-
-    def __init__(
-        self,
-        server_name: str,
-        report: str,
-        threads: list[threading.Thread],
-        unserved: list[ConnectionRecord] | None = None,
-    ) -> None:
-        self.server_name = server_name
-        self.threads = threads
-        self.unserved = unserved or []
-        super().__init__(report)
-
-
-class TLSHandshakeFailed(Exception):
-    """Raised by the TLS layer when a connection's handshake fails.
-
-    Recorded on the connection (``how_closed="handshake-failed"``, the reason in
-    ``record.error``); it does not fail the test: a client refusing a bad certificate is
-    usually what the test wants.
-    """
-
-
-class Handler(Protocol):
-    def __call__(self, conn: ServerConnection, /) -> object: ...
-
-
-class _Counting:
-    """Counts the bytes a handler reads and writes into the connection's record."""
-
-    record: ConnectionRecord
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data: bytes = super().recv(bufsize, flags)  # type: ignore[misc]
-        if data:
-            self.record.bytes_in += len(data)
-        elif bufsize:
-            self.record.saw_eof = True
-        return data
-
-    def recv_into(self, buffer: Buffer, nbytes: int = 0, flags: int = 0) -> int:
-        n: int = super().recv_into(buffer, nbytes, flags)  # type: ignore[misc]
-        if n:
-            self.record.bytes_in += n
-        elif nbytes or memoryview(buffer).nbytes:
-            self.record.saw_eof = True
-        return n
-
-    def send(self, data: Buffer, flags: int = 0) -> int:
-        n: int = super().send(data, flags)  # type: ignore[misc]
-        self.record.bytes_out += n
-        return n
-
-    def sendall(self, data: Buffer, flags: int = 0) -> None:
-        super().sendall(data, flags)  # type: ignore[misc]
-        self.record.bytes_out += memoryview(data).nbytes
-
-
-class ServerConnection(_Counting, socket.socket):
-    """The socket a handler gets: a real :class:`socket.socket`, with a little more.
-
-    Attributes:
-        record: this connection's :class:`ConnectionRecord` (bytes are counted as you go).
-        stopping: an :class:`threading.Event` set when the server starts stopping; a handler
-            that waits for something other than its socket should wait on this too.
-        server: the :class:`ThreadedServer` that accepted it.
-    """
-
-    record: ConnectionRecord
-    stopping: threading.Event
-    server: ThreadedServer
 
 
 class NativeConnection:
@@ -310,34 +147,6 @@ def _caused_by_stop(exc: BaseException) -> bool:
 def _handler_name(handler: object) -> str:
     name = getattr(handler, "__name__", None) or type(handler).__name__
     return str(name)
-
-
-def _format_address(address: object) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address) or "(unnamed unix socket)"
-
-
-def _resolve_host(host: object, port: int) -> tuple[socket.AddressFamily, str]:
-    if not isinstance(host, str):
-        raise TypeError(f"host must be a str (an IP address or 'localhost'), got {host!r}")
-    if host == "localhost":
-        return socket.AF_INET, "127.0.0.1"
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except OSError:
-            continue
-        return family, host
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise ValueError(
-            f"host={host!r} is not an IP address or a name this machine resolves ({exc})"
-        ) from None
-    family, _, _, _, sockaddr = infos[0]
-    return family, str(sockaddr[0])
 
 
 class ThreadedServer:
@@ -450,7 +259,7 @@ class ThreadedServer:
                 raise TypeError(f"unix must be True or a socket path, got {unix!r}")
             self._bind_host = ""
         else:
-            self._family, self._bind_host = _resolve_host(host, port)
+            self._family, self._bind_host = resolve_host(host, port)
         self._bind_port = port
         self._name = name
         self._reactor: Reactor = get_reactor()  # the live loop's, again at start()
@@ -540,7 +349,7 @@ class ThreadedServer:
             try:
                 sock.bind(bind_to)
             except OSError as exc:
-                what = _format_address(bind_to)
+                what = format_address(bind_to)
                 if exc.errno == errno.EADDRINUSE:
                     raise OSError(
                         exc.errno, f"cannot listen on {what}: address already in use"
@@ -742,7 +551,7 @@ class ThreadedServer:
             stack = format_thread_stack(thread)
             parts.append(f"--- thread {thread.name!r}, current stack:\n{stack}")
         if unserved:
-            which = ", ".join(f"#{r.index} from {_format_address(r.peer)}" for r in unserved)
+            which = ", ".join(f"#{r.index} from {format_address(r.peer)}" for r in unserved)
             parts.append(
                 f"server {self.name}: {len(unserved)} accepted connection(s) dropped unserved "
                 f"(their handler had not started {timeout:g}s after stop()): {which}"
@@ -764,7 +573,7 @@ class ThreadedServer:
     @property
     def name(self) -> str:
         if self._name is None:
-            where = _format_address(self._address) if self._address is not None else "unbound"
+            where = format_address(self._address) if self._address is not None else "unbound"
             return f"{_handler_name(self.handler)}@{where}"
         return self._name
 
@@ -797,7 +606,7 @@ class ThreadedServer:
     def url(self) -> str:
         """``http://host:port`` (``https`` with TLS), for HTTP clients."""
         scheme = "https" if self.ssl_context is not None else "http"
-        return f"{scheme}://{_format_address(self.address)}"
+        return f"{scheme}://{format_address(self.address)}"
 
     @property
     def running(self) -> bool:
@@ -1001,9 +810,15 @@ class ThreadedServer:
         """
         if self.ssl_context is None:
             return conn
-        from ._tls import accept_tls
+        from .tls_accept import accept_tls  # keeps ssl off the import path of plain servers
 
-        return accept_tls(self, conn)
+        record = conn.record
+        return accept_tls(
+            conn,
+            self.ssl_context,
+            self.tls_handshake_timeout,
+            on_wrapped=lambda wrapped: self._replace_socket(record, wrapped),
+        )
 
     def _replace_socket(self, record: ConnectionRecord, sock: socket.socket) -> None:
         with self._lock:

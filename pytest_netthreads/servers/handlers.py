@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._reactor import EVENT_READ, EVENT_WRITE
-from .core import ConnectionRecord, NativeConnection, ServerConnection
+from .._runtime.reactor import EVENT_READ, EVENT_WRITE
+from .core import NativeConnection
+from .records import ConnectionRecord, ServerConnection
 
 _CHUNK = 256 * 1024
 # Reads start at _SMALL, under glibc's default 128 KiB mmap threshold with the bytes header:

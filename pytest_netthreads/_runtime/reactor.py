@@ -48,7 +48,7 @@ import types
 from collections.abc import Callable
 from typing import Protocol
 
-from .._threads import mark_internal
+from .threads import mark_internal
 
 EVENT_READ = 1
 EVENT_WRITE = 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 
 UNIX_PATH_MAX = 107
 """The longest path a Unix domain socket can be bound to, in bytes (``sun_path`` holds 108
@@ -77,3 +78,38 @@ def wait_arguments(count: object, timeout: object) -> tuple[int, float]:
     if count < 0:
         raise ValueError(f"count must be an int >= 0, got {count}")
     return count, seconds(timeout, "timeout")
+
+
+def format_address(address: object, *, unnamed: str = "(unnamed unix socket)") -> str:
+    """``host:port`` (``[host]:port`` for IPv6); a Unix path as it is, ``unnamed`` for ``""``.
+
+    An abstract Unix socket name (``bytes``) is shown as its ``repr``.
+    """
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if isinstance(address, bytes):
+        return repr(address)
+    return str(address) or unnamed
+
+
+def resolve_host(host: object, port: int, what: str = "host") -> tuple[socket.AddressFamily, str]:
+    """The address family and IP address to bind ``host`` to (``localhost`` is 127.0.0.1)."""
+    if not isinstance(host, str):
+        raise TypeError(f"{what} must be a str (an IP address or 'localhost'), got {host!r}")
+    if host == "localhost":
+        return socket.AF_INET, "127.0.0.1"
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return family, host
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ValueError(
+            f"{what}={host!r} is not an IP address or a name this machine resolves ({exc})"
+        ) from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, str(sockaddr[0])

@@ -1,8 +1,8 @@
 """Server-side TLS: wrap an accepted connection and run its handshake in the worker thread.
 
-:meth:`ThreadedServer._prepare <pytest_netthreads.servers.core.ThreadedServer._prepare>`
-calls :func:`accept_tls` for servers that have an ``ssl_context``; the reactor thread only
-accepts, so a slow or stalled handshake never holds up other connections.
+A :class:`~pytest_netthreads.ThreadedServer` with an ``ssl_context`` calls :func:`accept_tls`
+in the connection's worker thread; the reactor thread only accepts, so a slow or stalled
+handshake never holds up other connections.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from .core import ConnectionRecord, ServerConnection, TLSHandshakeFailed, _Counting
+from .records import ConnectionRecord, CountingSocket, ServerConnection, TLSHandshakeFailed
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -25,7 +26,7 @@ LINGER_TIMEOUT = 2.0
 """After a failed handshake, seconds to wait for the client to close before closing."""
 
 
-class TLSServerConnection(_Counting, ssl.SSLSocket):
+class TLSServerConnection(CountingSocket, ssl.SSLSocket):
     """The socket a handler of a TLS server gets: an :class:`ssl.SSLSocket` with the same
     extras as :class:`~pytest_netthreads.ServerConnection` (``record``, ``stopping``,
     ``server``). Bytes are counted in plain text, after decryption and before encryption.
@@ -37,12 +38,12 @@ class TLSServerConnection(_Counting, ssl.SSLSocket):
     sni_name: str | None = None
     """The server name the client asked for (SNI), when the context records it."""
 
-    # SSLSocket's signatures, counting through _Counting. A client that vanishes without
+    # SSLSocket's signatures, counting through CountingSocket. A client that vanishes without
     # closing TLS makes OpenSSL raise SSLEOFError; it is raised as ConnectionAbortedError,
     # a disconnect like ConnectionResetError on plain sockets (see ignore_disconnects).
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
         try:
-            return _Counting.recv(self, buflen, flags)
+            return CountingSocket.recv(self, buflen, flags)
         except ssl.SSLEOFError as exc:
             raise _vanished(exc) from exc
 
@@ -50,19 +51,19 @@ class TLSServerConnection(_Counting, ssl.SSLSocket):
         if nbytes is None:
             nbytes = memoryview(buffer).nbytes
         try:
-            return _Counting.recv_into(self, buffer, nbytes, flags)
+            return CountingSocket.recv_into(self, buffer, nbytes, flags)
         except ssl.SSLEOFError as exc:
             raise _vanished(exc) from exc
 
     def send(self, data: Buffer, flags: int = 0) -> int:
         try:
-            return _Counting.send(self, data, flags)
+            return CountingSocket.send(self, data, flags)
         except ssl.SSLEOFError as exc:
             raise _vanished(exc) from exc
 
     def sendall(self, data: Buffer, flags: int = 0) -> None:
         # SSLSocket.sendall loops over self.send, which already counts: skip
-        # _Counting.sendall so that each byte is counted once.
+        # CountingSocket.sendall so that each byte is counted once.
         ssl.SSLSocket.sendall(self, data, flags)
 
 
@@ -133,22 +134,30 @@ def _lingering_close(sock: ssl.SSLSocket) -> None:
         pass
 
 
-def accept_tls(server: ThreadedServer, conn: ServerConnection) -> ServerConnection:
-    """Wrap ``conn`` with the server's context and run the handshake (worker thread).
+def accept_tls(
+    conn: ServerConnection,
+    context: ssl.SSLContext,
+    timeout: float,
+    on_wrapped: Callable[[socket.socket], object],
+) -> ServerConnection:
+    """Wrap ``conn`` with ``context`` and run the handshake (worker thread).
 
     Returns a :class:`TLSServerConnection`: not a subclass of ``ServerConnection`` (it is an
     ``SSLSocket``) but it has the same methods and attributes, which is what handlers use.
+
+    Args:
+        conn: the accepted connection.
+        context: the server's context.
+        timeout: seconds the client has to complete the handshake.
+        on_wrapped: called with the wrapped socket before the handshake, so that the server
+            shuts that one down when it stops (the original one is detached).
 
     Raises:
         TLSHandshakeFailed: the handshake failed or timed out (the server records it as
             ``how_closed="handshake-failed"``; it does not fail the test).
         OSError: the server is stopping (recorded as ``"server-stop"``).
     """
-    context = server.ssl_context
-    if context is None:  # pragma: no cover - the server only calls this with a context
-        raise RuntimeError(f"server {server.name} has no ssl_context")
     record = conn.record
-    timeout = server.tls_handshake_timeout
     if conn.family in (socket.AF_INET, socket.AF_INET6):
         # A handshake is several small writes (and TLS 1.3 servers send session tickets
         # right after it): with Nagle's algorithm against the client's delayed ACK, the
@@ -169,9 +178,9 @@ def accept_tls(server: ThreadedServer, conn: ServerConnection) -> ServerConnecti
         raise
     wrapped.record = record
     wrapped.stopping = conn.stopping
-    wrapped.server = server
+    wrapped.server = conn.server
     # From here on stop() shuts down the wrapped socket (the original one is detached).
-    server._replace_socket(record, wrapped)
+    on_wrapped(wrapped)
     try:
         if conn.stopping.is_set():
             # stop() may have looked at the connection before the replacement above.
