@@ -20,7 +20,7 @@ from pytest_netthreads import ThreadedServer, handlers
 from pytest_netthreads._runtime import reactor as reactor_module
 from pytest_netthreads._runtime.reactor import MAX_WAIT, Reactor, ReactorDied, get_reactor
 from pytest_netthreads.faults import FaultProxy, Latency
-from pytest_netthreads.servers import HandlerError, NativeConnection
+from pytest_netthreads.servers import HandlerError, NativeConnection, native
 from tests._util import recv_exactly
 
 
@@ -82,11 +82,9 @@ class _Failing(NativeConnection):
         raise KeyError("and so did its error handler")
 
 
+@native(_Failing)
 def _failing(conn: object) -> None:  # pragma: no cover - only the native path is used
     raise AssertionError
-
-
-_failing.native = _Failing  # type: ignore[attr-defined]
 
 
 def test_a_raising_error_handler_goes_to_unraisablehook_and_the_loop_goes_on(

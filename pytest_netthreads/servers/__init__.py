@@ -13,6 +13,7 @@ from .core import (
     ServerError,
     ServerStopTimeout,
     ThreadedServer,
+    native,
     stop_all,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "ServerStopTimeout",
     "ThreadedServer",
     "handlers",
+    "native",
     "stop_all",
 ]

@@ -24,7 +24,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from .._runtime import values as _values
 from .._runtime.reactor import (
@@ -105,6 +105,34 @@ class NativeConnection:
         self.reactor.unregister_locked(self.sock)
         self.sock.close()
         self.server._finish(self.record, how)
+
+
+_H = TypeVar("_H", bound=Callable[..., object])
+
+
+def native(implementation: type[NativeConnection]) -> Callable[[_H], _H]:
+    """Give a blocking handler a non-blocking twin for ``concurrency="selector"``.
+
+    ``@native(MyNativeConnection)`` above ``def handler(conn): ...``: the server runs the
+    handler in a worker thread, or ``MyNativeConnection`` inside the event loop with the
+    selector model. The reference handlers echo, sink, blackhole, close and reset have one.
+    """
+    if not (isinstance(implementation, type) and issubclass(implementation, NativeConnection)):
+        raise TypeError(f"native() takes a NativeConnection subclass, got {implementation!r}")
+
+    def attach(handler: _H) -> _H:
+        handler.native = implementation  # type: ignore[attr-defined]
+        return handler
+
+    return attach
+
+
+def native_of(handler: object) -> type[NativeConnection] | None:
+    """The handler's non-blocking implementation (see :func:`native`), or ``None``."""
+    implementation = getattr(handler, "native", None)
+    if isinstance(implementation, type) and issubclass(implementation, NativeConnection):
+        return implementation
+    return None
 
 
 class _Listener:
@@ -204,7 +232,7 @@ class ThreadedServer:
             raise ValueError(f"port must be from 0 to 65535, got {port}")
         if concurrency not in _CONCURRENCY:
             raise ValueError(f"concurrency must be one of {_CONCURRENCY}, got {concurrency!r}")
-        if concurrency == "selector" and getattr(handler, "native", None) is None:
+        if concurrency == "selector" and native_of(handler) is None:
             raise ValueError(
                 f"concurrency='selector' needs a handler with a non-blocking implementation "
                 f"(echo, sink, blackhole, close, reset); {_handler_name(handler)} has none"
@@ -734,8 +762,9 @@ class ThreadedServer:
         """Start serving an accepted connection (reactor lock held)."""
         if self.concurrency == "selector":
             sock.setblocking(False)
-            native_factory = getattr(self.handler, "native")  # noqa: B009
-            native: NativeConnection = native_factory(self, sock, record)
+            implementation = native_of(self.handler)
+            assert implementation is not None  # checked in __init__
+            native = implementation(self, sock, record)
             with self._lock:
                 self._live[record] = [native, None]
             try:
@@ -894,5 +923,7 @@ __all__ = [
     "ServerStopTimeout",
     "TLSHandshakeFailed",
     "ThreadedServer",
+    "native",
+    "native_of",
     "stop_all",
 ]

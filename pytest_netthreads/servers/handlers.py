@@ -2,7 +2,8 @@
 
 Each is a callable ``handler(conn)`` for :class:`~pytest_netthreads.ThreadedServer`. The
 simple ones (echo, sink, blackhole, close, reset) also carry a non-blocking implementation
-(their ``native`` attribute) used with ``concurrency="selector"``.
+(given with :func:`~pytest_netthreads.servers.core.native`) used with
+``concurrency="selector"``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._runtime.reactor import EVENT_READ, EVENT_WRITE
-from .core import NativeConnection
+from .core import NativeConnection, native
 from .records import ConnectionRecord, ServerConnection
 
 _CHUNK = 256 * 1024
@@ -126,6 +127,7 @@ class _NativeEcho(NativeConnection):
         return True
 
 
+@native(_NativeEcho)
 def echo(conn: ServerConnection) -> None:
     """Send back everything received, until the client closes."""
     size = _SMALL
@@ -133,8 +135,6 @@ def echo(conn: ServerConnection) -> None:
         conn.sendall(data)
         size = _CHUNK if len(data) >= _SMALL else _SMALL
 
-
-echo.native = _NativeEcho  # type: ignore[attr-defined]
 
 
 # -- sink ------------------------------------------------------------------------------
@@ -156,12 +156,11 @@ class _NativeSink(NativeConnection):
             self.record.bytes_in += n
 
 
+@native(_NativeSink)
 def sink(conn: ServerConnection) -> None:
     """Read and discard everything until the client closes; ``record.bytes_in`` counts it."""
     _drain_until_eof(conn)
 
-
-sink.native = _NativeSink  # type: ignore[attr-defined]
 
 
 # -- blackhole -------------------------------------------------------------------------
@@ -174,6 +173,7 @@ class _NativeBlackhole(NativeConnection):
         pass
 
 
+@native(_NativeBlackhole)
 def blackhole(conn: ServerConnection) -> None:
     """Accept and never read or write; the connection stays open until the server stops.
 
@@ -182,8 +182,6 @@ def blackhole(conn: ServerConnection) -> None:
     """
     conn.stopping.wait()
 
-
-blackhole.native = _NativeBlackhole  # type: ignore[attr-defined]
 
 
 # -- close (FIN) and reset (RST) --------------------------------------------------------
@@ -213,6 +211,7 @@ class _NativeClose(NativeConnection):
             self.record.bytes_in += n
 
 
+@native(_NativeClose)
 def close(conn: ServerConnection) -> None:
     """Close at once with a FIN: the client's next read returns ``b""``.
 
@@ -228,8 +227,6 @@ def close(conn: ServerConnection) -> None:
     conn.record.how_closed = "handler"
 
 
-close.native = _NativeClose  # type: ignore[attr-defined]
-
 
 class _NativeReset(NativeConnection):
     initial_events = 0
@@ -242,12 +239,11 @@ class _NativeReset(NativeConnection):
         pass
 
 
+@native(_NativeReset)
 def reset(conn: ServerConnection) -> None:
     """Reset at once with an RST (``SO_LINGER`` 0): the client sees ``ConnectionResetError``."""
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
 
-
-reset.native = _NativeReset  # type: ignore[attr-defined]
 
 
 # -- banner ----------------------------------------------------------------------------
