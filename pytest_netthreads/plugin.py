@@ -7,6 +7,7 @@ usable without it.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import signal
@@ -761,6 +762,8 @@ def socket_faults() -> Iterator[SocketFaults]:
 # -- deadlock detectors ---------------------------------------------------------------------
 
 _DEADLOCK_PLUGIN_NAME = "netthreads-deadlock"
+# A bad deadlock_timeout marker, found by the setup wrapper, raised by a plain setup hook.
+_MARKER_ERROR = pytest.StashKey[BaseException]()
 
 
 def _add_deadlock_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
@@ -784,14 +787,17 @@ def _add_deadlock_options(parser: pytest.Parser, group: pytest.OptionGroup) -> N
 
 
 def _seconds(value: object, what: str) -> float:
+    """``value`` (a number or its text) as seconds: finite, >= 0, at most TIMEOUT_MAX."""
+    most = f"{threading.TIMEOUT_MAX:.0f}"
+    expected = f"{what} must be a number of seconds >= 0 (finite, at most {most})"
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise TypeError(f"{what} must be a number of seconds >= 0, got {value!r}")
+        raise TypeError(f"{expected}, got {value!r}")
     try:
         seconds = float(value)
-    except ValueError:
-        raise ValueError(f"{what} must be a number of seconds >= 0, got {value!r}") from None
-    if not seconds >= 0 or seconds == float("inf"):
-        raise ValueError(f"{what} must be a number of seconds >= 0, got {value!r}")
+    except (ValueError, OverflowError):
+        raise ValueError(f"{expected}, got {value!r}") from None
+    if not (math.isfinite(seconds) and 0 <= seconds <= threading.TIMEOUT_MAX):
+        raise ValueError(f"{expected}, got {value!r}")
     return seconds
 
 
@@ -842,6 +848,9 @@ class _DeadlockMarkerProbe:
             _start_deadlock_plugin(self.config, None, deadlock=True, lock_order=False)
 
 
+_OPTION_SOURCE = "--deadlock-timeout"
+
+
 class _DeadlockPlugin:
     """The hooks of ``--deadlock-timeout`` / ``--lock-order-check`` (registered when on)."""
 
@@ -850,30 +859,45 @@ class _DeadlockPlugin:
     ) -> None:
         self.config = config
         self.timeout = timeout
-        self.detector = (
-            DeadlockDetector(kill_grace=max(5.0, timeout or 0.0), before_kill=self._release_stderr)
-            if deadlock
-            else None
-        )
+        self.deadlock = deadlock
+        self.detector: DeadlockDetector | None = None
         self.checker = LockOrderChecker() if lock_order else None
+        self._stderr_fd = -1
+
+    def _new_detector(self, kill_grace: float) -> DeadlockDetector:
+        # The process watchdog writes to the real stderr: a copy of it taken outside the
+        # capture (pytest's fd capture replaces descriptor 2 during collection and tests).
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+            stderr_fd = os.dup(2)
+        try:
+            detector = DeadlockDetector(
+                kill_grace=kill_grace, before_kill=self._release_stderr, stderr_fd=stderr_fd
+            )
+            detector.start()  # the process watchdog duplicates stderr_fd when it starts
+        except BaseException:
+            os.close(stderr_fd)
+            raise
+        self._stderr_fd = stderr_fd
+        return detector
 
     def start(self) -> None:
         if self.checker is not None:
             self.checker.start()
-        if self.detector is not None:
-            self.detector.start()
+        if self.deadlock:
+            self.detector = self._new_detector(max(5.0, self.timeout or 0.0))
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         # --lock-order-check alone: a deadlock_timeout marker still turns the detector on.
         if self.detector is None and any(
             item.get_closest_marker("deadlock_timeout") for item in items
         ):
-            self.detector = DeadlockDetector(kill_grace=5.0, before_kill=self._release_stderr)
-            self.detector.start()
+            self.detector = self._new_detector(5.0)
 
     def stop(self) -> None:
         if self.detector is not None:
             self.detector.stop()
+            os.close(self._stderr_fd)
         if self.checker is not None:
             self.checker.stop()
 
@@ -883,17 +907,20 @@ class _DeadlockPlugin:
         if capman is not None:
             capman.suspend_global_capture(in_=False)
 
-    def _timeout_for(self, item: pytest.Item) -> float | None:
+    def _timeout_for(self, item: pytest.Item) -> tuple[float | None, str]:
+        """The test's deadline (``None``: none) and what set it, for the hang report."""
         marker = item.get_closest_marker("deadlock_timeout")
         if marker is None:
-            return self.timeout
+            return self.timeout, _OPTION_SOURCE
+        args = [repr(a) for a in marker.args] + [f"{k}={v!r}" for k, v in marker.kwargs.items()]
+        source = f"@pytest.mark.deadlock_timeout({', '.join(args)})"
         if len(marker.args) + len(marker.kwargs) != 1 or set(marker.kwargs) - {"seconds"}:
             raise TypeError(
-                "deadlock_timeout(seconds) takes one argument, the seconds, got "
+                f"{source}: deadlock_timeout(seconds) takes one argument, the seconds, got "
                 f"args={marker.args!r} kwargs={marker.kwargs!r}"
             )
         value = marker.args[0] if marker.args else marker.kwargs["seconds"]
-        return _seconds(value, "deadlock_timeout(seconds): seconds")
+        return _seconds(value, f"{source}: seconds"), source
 
     def _collect(self, item: pytest.Item | None) -> str | None:
         """Hand the pending reports to the hooks; the failure message, if any is left."""
@@ -956,8 +983,36 @@ class _DeadlockPlugin:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, object, object]:
         if self.detector is not None:
-            self.detector.arm(item.nodeid, self._timeout_for(item))
+            try:
+                timeout, source = self._timeout_for(item)
+            except (TypeError, ValueError) as exc:
+                # Raised by the plain hook below, inside every wrapper: raising here, before
+                # other plugins' setup wrappers ran, would break their teardown.
+                item.stash[_MARKER_ERROR] = exc
+                timeout, source = None, _OPTION_SOURCE
+            self.detector.arm(item.nodeid, timeout, source=source)
         return (yield from self._phase(item))
+
+    @pytest.hookimpl(tryfirst=True, specname="pytest_runtest_setup")
+    def pytest_runtest_setup_marker_error(self, item: pytest.Item) -> None:
+        exc = item.stash.get(_MARKER_ERROR, None)
+        if exc is not None:
+            del item.stash[_MARKER_ERROR]
+            # The message says it all: no traceback through the plugin's frames.
+            pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
+
+    # A debugger stops the clock: the deadline (and the interrupt) would hit the debugging
+    # session. As pytest's faulthandler_timeout and pytest-timeout do, the test is not
+    # watched again after a debugger started in it (cycles among other threads still are).
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_enter_pdb(self) -> None:
+        if self.detector is not None:
+            self.detector.disarm()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_exception_interact(self) -> None:
+        if self.detector is not None and self.config.getoption("usepdb", False):
+            self.detector.disarm()  # --pdb: post-mortem debugging follows
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:

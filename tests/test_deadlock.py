@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +21,7 @@ from pytest_netthreads.detect.deadlock import (
     HangError,
     find_cycles,
 )
+from pytest_netthreads.detect.lastresort import ProcessWatchdog
 
 
 @pytest.fixture
@@ -255,3 +260,109 @@ def test_bad_arguments_are_named() -> None:
             det.start()
     finally:
         det.stop()
+
+
+NAN = float("nan")
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: DeadlockDetector(tick=NAN), ValueError, "tick must be a finite"),
+        (lambda: DeadlockDetector(tick=INF), ValueError, "tick must be a finite"),
+        (lambda: DeadlockDetector(tick=True), TypeError, "tick must be a number"),
+        (lambda: DeadlockDetector(tick="0.1"), TypeError, "tick must be a number"),
+        (lambda: DeadlockDetector(kill_grace=NAN), ValueError, "kill_grace must be a finite"),
+        (lambda: DeadlockDetector(kill_grace=1e10), ValueError, "kill_grace must be a finite"),
+        (lambda: DeadlockDetector(interrupt_signal=0), ValueError, "interrupt_signal must"),
+        (lambda: DeadlockDetector(interrupt_signal=9), ValueError, "interrupt_signal must"),
+        (lambda: DeadlockDetector(interrupt_signal=True), TypeError, "interrupt_signal must"),
+        (lambda: DeadlockDetector(on_report=1), TypeError, "on_report must be callable"),
+        (lambda: DeadlockDetector(before_kill="x"), TypeError, "before_kill must be callable"),
+        (lambda: DeadlockDetector(process_watchdog=1), TypeError, "process_watchdog must be"),
+        (lambda: DeadlockDetector(stderr_fd=-1), ValueError, "stderr_fd must be"),
+        (lambda: DeadlockDetector(stderr_fd=2.0), TypeError, "stderr_fd must be"),
+        (lambda: DeadlockDetector().arm("x", NAN), ValueError, "timeout must be a finite"),
+        (lambda: DeadlockDetector().arm("x", INF), ValueError, "timeout must be a finite"),
+        (lambda: DeadlockDetector().arm("x", -0.5), ValueError, "timeout must be a finite"),
+        (lambda: DeadlockDetector().arm("x", 1e10), ValueError, "timeout must be a finite"),
+        (lambda: DeadlockDetector().arm("x", True), TypeError, "timeout must be a number"),
+        (lambda: DeadlockDetector().arm("x", "5"), TypeError, "timeout must be a number"),
+        (lambda: DeadlockDetector().arm(1, 5), TypeError, "label must be"),
+        (lambda: DeadlockDetector().arm("x", 5, True), TypeError, "ident must be"),
+        (lambda: DeadlockDetector().arm("x", 5, source=1), TypeError, "source must be"),
+        (lambda: DeadlockDetector().stop(NAN), ValueError, "timeout must be a finite"),
+        (
+            lambda: DeadlockReport("cycle", "", ()).join_threads(INF),
+            ValueError,
+            "timeout must be a finite",
+        ),
+        (lambda: ProcessWatchdog(grace=0), ValueError, "grace must be a finite"),
+        (lambda: ProcessWatchdog(signum=signal.SIGKILL), ValueError, "signum must"),
+        (lambda: ProcessWatchdog().arm("x", NAN), ValueError, "seconds must be a finite"),
+        (lambda: ProcessWatchdog().arm("x", 0), ValueError, "seconds must be a finite"),
+        (lambda: ProcessWatchdog().arm(b"x", 1), TypeError, "label must be"),
+    ],
+)
+def test_arguments_are_checked_at_the_call(
+    call: Callable[[], object], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        call()
+    assert not locks.installed()
+
+
+DISARMED = """
+import sys, time
+from pytest_netthreads.detect.lastresort import ProcessWatchdog
+
+watchdog = ProcessWatchdog(grace=1.0)
+watchdog.arm("short", 0.2)
+watchdog.arm("re-armed", 0.3)
+watchdog.disarm()
+end = time.monotonic() + 2.0  # well past both deadlines: nothing may fire
+while time.monotonic() < end:
+    time.sleep(0.05)
+assert watchdog.running
+watchdog.stop()
+assert not watchdog.running
+print("alive")
+"""
+
+
+def test_a_disarmed_process_watchdog_never_fires() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", DISARMED], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "alive\n", "")
+
+
+@pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded, use of fork\\(\\) may lead to deadlocks"
+    ":DeprecationWarning"
+)
+def test_a_forked_child_gets_its_own_watchdog_thread() -> None:
+    with DeadlockDetector() as detector:
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                detector.arm("in the child", timeout=0.3)
+                time.sleep(60)
+            except HangError as exc:
+                status = 0 if "in the child still running after 0.3s" in str(exc) else 2
+            finally:
+                os._exit(status)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.02)  # no event for another process's exit: a bounded poll
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child was not interrupted")
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not detector.armed  # the parent's state is its own

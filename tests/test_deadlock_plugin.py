@@ -6,6 +6,9 @@ the test is that a cycle is found when it forms (the report says "Deadlock", not
 
 from __future__ import annotations
 
+import signal
+import sys
+
 import pytest
 
 RUN_TIMEOUT = 120
@@ -282,7 +285,7 @@ def test_one_internal_watchdog_thread_for_the_session(pytester: pytest.Pytester)
     [
         (["--deadlock-timeout=soon"], "", "*--deadlock-timeout*must be a number of seconds*soon*"),
         (["--deadlock-timeout=-1"], "", "*--deadlock-timeout*must be a number of seconds*-1*"),
-        ([], "@pytest.mark.deadlock_timeout('x')", "*deadlock_timeout(seconds): seconds must*"),
+        ([], "@pytest.mark.deadlock_timeout('x')", "*deadlock_timeout('x'): seconds must*"),
         ([], "@pytest.mark.deadlock_timeout(1, 2)", "*deadlock_timeout(seconds) takes one*"),
     ],
 )
@@ -366,5 +369,158 @@ def test_the_process_is_killed_as_the_last_resort(pytester: pytest.Pytester) -> 
         [
             "pytest-netthreads: test_stubborn.py::test_swallows_every_interrupt did not stop "
             "within 5s after it was interrupted; killing process * as the last resort.*",
+        ]
+    )
+
+
+GIL_HELD = """
+import re
+
+import signal
+import sys
+
+import pytest
+
+@pytest.mark.parametrize("case", ["catastrophic"])
+def test_stuck_in_c(case):
+    # Backtracking over 2**40 paths in C, holding the GIL: no Python thread runs meanwhile,
+    # the hang watchdog neither.
+    re.match(r"(a+)+$", "a" * 40 + "b")
+"""
+
+
+@pytest.mark.parametrize("ini", ["", "[pytest]\nfaulthandler_timeout = 0.5\n"])
+def test_a_test_holding_the_gil_is_ended_by_the_process_watchdog(
+    pytester: pytest.Pytester, ini: str
+) -> None:
+    pytester.makepyfile(test_gil=GIL_HELD)
+    if ini:
+        pytester.makeini(ini)
+    result = pytester.runpytest_subprocess("--deadlock-timeout=1", timeout=RUN_TIMEOUT)
+    assert result.ret == -signal.SIGUSR2
+    result.stderr.fnmatch_lines(
+        [
+            "pytest-netthreads: test_gil.py::test_stuck_in_c[[]catastrophic[]] is still running "
+            "*s past the last-resort deadline and process * does not respond (C code holding "
+            "the GIL?); the watchdog process ends it with SIGUSR2. Stacks of every thread "
+            "(most recent call first):",
+            "Thread 0x* (most recent call first):",
+            "*File *deadlock.py*, line * in _run",
+        ]
+    )
+    result.stderr.fnmatch_lines(
+        ["Current thread 0x* (most recent call first):", '*File "*test_gil.py", line * in test_*']
+    )
+    result.stdout.no_fnmatch_line("*Hang:*")  # the Python watchdog never ran
+    if ini:  # pytest's faulthandler_timeout still dumps (its timer is left alone)
+        result.stderr.fnmatch_lines(["Timeout (0:00:00.5*)!"])
+
+
+DEBUGGED = """
+import signal
+import sys
+
+import pytest
+
+@pytest.mark.deadlock_timeout(0.2)
+def test_debugged():
+    {body}
+"""
+
+# pdb commands: stay in the debugger until well past the deadline, then go on.
+PDB_INPUT = b"""!import time; end = time.monotonic() + 3
+!while time.monotonic() < end: time.sleep(0.05)
+p "stayed past the deadline"
+c
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "args", "outcome"),
+    [("breakpoint()", [], "1 passed"), ("assert False", ["--pdb"], "1 failed")],
+)
+def test_the_deadline_is_off_while_a_debugger_runs(
+    pytester: pytest.Pytester, body: str, args: list[str], outcome: str
+) -> None:
+    pytester.makepyfile(test_debugged=DEBUGGED.format(body=body))
+    result = pytester.run(
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        *args,
+        stdin=PDB_INPUT,
+        timeout=RUN_TIMEOUT,
+    )
+    result.stdout.fnmatch_lines(["*'stayed past the deadline'*", f"*{outcome}*"])
+    result.stdout.no_fnmatch_line("*Hang*")  # no HangError in the debugger, no report
+    result.stdout.no_fnmatch_line("*ERROR at *")
+
+
+def test_a_bad_marker_is_one_clear_error_and_the_hang_names_the_marker(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_marker="""
+        import time
+        import pytest
+
+        @pytest.mark.deadlock_timeout(float("nan"))
+        def test_nan():
+            pass
+
+        @pytest.mark.deadlock_timeout(seconds=True)
+        def test_bool(caplog):
+            pass
+
+        @pytest.mark.deadlock_timeout(seconds=0.5)
+        def test_hangs():
+            time.sleep(600)
+
+        def test_option_deadline():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--deadlock-timeout=300", "-p", "no:randomly", timeout=RUN_TIMEOUT
+    )
+    result.assert_outcomes(errors=2, failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at setup of test_nan _*",
+            "ValueError: @pytest.mark.deadlock_timeout(nan): seconds must be a number of "
+            "seconds >= 0 (finite, at most 9223372036), got nan",
+            "*_ ERROR at setup of test_bool _*",
+            "TypeError: @pytest.mark.deadlock_timeout(seconds=True): seconds must be a number "
+            "of seconds >= 0 (finite, at most 9223372036), got True",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "Hang: test_marker.py::test_hangs still running after 0.5s "
+            "(@pytest.mark.deadlock_timeout(seconds=0.5)); no wait-for cycle*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*KeyError*")
+    result.stdout.no_fnmatch_line("*ERROR at teardown*")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-0.5", "1e10", "1e400", "0x10", ""])
+def test_bad_deadlock_timeout_values_are_usage_errors(
+    pytester: pytest.Pytester, value: str
+) -> None:
+    pytester.makepyfile(test_x="def test_x(): pass")
+    if value == "":  # the ini key, blank: off
+        pytester.makeini("[pytest]\ndeadlock_timeout =\n")
+        result = pytester.runpytest_subprocess(timeout=RUN_TIMEOUT)
+        result.assert_outcomes(passed=1)
+        return
+    result = pytester.runpytest_subprocess(f"--deadlock-timeout={value}", timeout=RUN_TIMEOUT)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: --deadlock-timeout (ini deadlock_timeout) must be a number of seconds >= 0 "
+            f"(finite, at most 9223372036), got {value!r}"
         ]
     )

@@ -201,3 +201,82 @@ def test_an_inversion_with_locks_shared_by_threads_and_deeper_nesting(
     (report,) = checker.take_reports()
     assert {edge.thread for edge in report.edges} == {"forward", "backward"}
     assert len(report.edges) == 2  # first -> third and third -> first, middle not needed
+
+
+def test_futures_waited_on_in_one_thread_form_no_edges(checker: LockOrderChecker) -> None:
+    # wait() and as_completed() take the futures' condition locks in id() order: with futures
+    # from two submit() lines, both orders of the two lock classes happen in one thread. Those
+    # locks are the standard library's own (created through submit()): no edges.
+    orders = set()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        kept = []
+        for i in range(200):
+            first = pool.submit(int, 1)
+            second = pool.submit(int, 2)
+            orders.add(id(first) < id(second))
+            concurrent.futures.wait([first, second], timeout=10)
+            for future in concurrent.futures.as_completed([second, first], timeout=10):
+                future.result()
+            if i % 3 == 0:
+                kept.append(first)  # shuffles which memory the next futures get
+            if len(orders) == 2 and i >= 20:
+                break
+    assert orders == {True, False}  # both orders were exercised
+    assert checker.take_reports() == []
+
+
+def test_stdlib_primitives_in_one_thread_under_a_user_lock_form_no_edges(
+    checker: LockOrderChecker,
+) -> None:
+    # Each primitive's internal lock is taken under the user locks, in one thread: the
+    # internal locks are in no edge, the user locks' own order is recorded.
+    outer = threading.Lock()
+    inner = threading.RLock()
+    q: queue.Queue[int] = queue.Queue()
+    event = threading.Event()
+    barrier = threading.Barrier(1)
+    sem = threading.Semaphore(1)
+    with outer:
+        q.put(1)
+        event.set()
+        with sem:
+            barrier.wait(timeout=10)
+        with inner:
+            assert q.get(timeout=10) == 1
+            assert event.wait(timeout=10)
+            barrier.wait(timeout=10)
+    internal = [
+        q.mutex,  # type: ignore[attr-defined]
+        event._cond._lock,  # type: ignore[attr-defined]
+        barrier._cond._lock,  # type: ignore[attr-defined]
+        sem._cond._lock,  # type: ignore[attr-defined]
+    ]
+    assert all(lock.lock_class.internal for lock in internal)
+    assert all(lock.lock_class.after == {} for lock in internal)
+    assert list(outer.lock_class.after) == [inner.lock_class]  # type: ignore[attr-defined]
+    assert checker.take_reports() == []
+
+
+def test_a_users_own_condition_still_takes_part(checker: LockOrderChecker) -> None:
+    # Condition() called by user code makes the user's lock: its order is checked.
+    cond = threading.Condition()
+    lock = threading.Lock()
+    assert not cond._lock.lock_class.internal  # type: ignore[attr-defined]
+
+    def forward() -> None:
+        with cond, lock:
+            pass
+
+    def backward() -> None:
+        with lock, cond:
+            cond.notify_all()
+
+    in_thread(forward, "forward")
+    in_thread(backward, "backward")
+    (report,) = checker.take_reports()
+    assert {edge.thread for edge in report.edges} == {"forward", "backward"}
+
+
+def test_the_checker_checks_its_arguments() -> None:
+    with pytest.raises(TypeError, match="on_report must be callable"):
+        LockOrderChecker(on_report="print")  # type: ignore[arg-type]

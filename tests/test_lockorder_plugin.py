@@ -118,3 +118,110 @@ def test_plugins_can_take_lock_order_reports_over(pytester: pytest.Pytester) -> 
     )
     result.assert_outcomes(passed=3)
     assert (pytester.path / "orders.txt").read_text() == "test_backward 2\n"
+
+
+FORK = r'''
+import _thread
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from pytest_netthreads.detect import locks
+
+FORK_WARNING = (
+    "ignore:This process .* is multi-threaded, use of fork\\(\\) may lead to deadlocks"
+    ":DeprecationWarning"
+)
+
+
+def wait_for_child(pid, timeout=60.0):
+    """The child's exit status, or kill it (by its pid) and fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)  # no event for another process's exit: a bounded poll
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the forked child {pid} hung")
+
+
+def in_child():
+    """Start a thread, take locks (new and old, blocking and timed); the exit status says."""
+    done = []
+    thread = threading.Thread(target=lambda: done.append(1))
+    thread.start()
+    thread.join(10)
+    fresh = threading.Lock()
+    with fresh:
+        with threading.RLock():
+            pass
+    event = threading.Event()
+    threading.Thread(target=event.set).start()
+    assert event.wait(10)
+    return 0 if done else 1
+
+
+@pytest.mark.filterwarnings(FORK_WARNING)
+def test_fork_while_another_thread_holds_locks(request):
+    plugin = request.config.pluginmanager.get_plugin("netthreads-deadlock")
+    internal = [locks._graph_lock]  # held at the fork by another thread
+    if plugin.checker is not None:
+        internal.append(plugin.checker._lock)  # recording an edge, say
+    if plugin.detector is not None:
+        internal.append(plugin.detector._state_lock)
+    user_lock = threading.Lock()
+    ready = _thread.allocate_lock()  # plain locks: the handshake stays out of the tracker
+    ready.acquire()
+    go = _thread.allocate_lock()
+    go.acquire()
+
+    def holder():
+        with user_lock:
+            for lock in internal:
+                lock.acquire()
+            ready.release()
+            go.acquire(timeout=60)
+            for lock in reversed(internal):
+                lock.release()
+
+    thread = threading.Thread(target=holder, name="holder")
+    thread.start()
+    try:
+        assert ready.acquire(timeout=60)
+        pid = os.fork()
+        if pid == 0:
+            status = 2
+            try:
+                status = in_child()
+                # The user lock stays held (as a plain lock would): a timed wait times out.
+                if user_lock.acquire(timeout=0.1):
+                    status = 3
+            finally:
+                os._exit(status)
+    finally:
+        go.release()
+        thread.join(60)
+    assert wait_for_child(pid) == 0
+    assert in_child() == 0  # the parent is fine too
+'''
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--lock-order-check"],
+        ["--deadlock-timeout=120"],
+        ["--lock-order-check", "--deadlock-timeout=0"],
+    ],
+)
+def test_a_forked_child_can_start_threads_and_take_locks(
+    pytester: pytest.Pytester, args: list[str]
+) -> None:
+    pytester.makepyfile(test_fork=FORK)
+    result = pytester.runpytest_subprocess(*args, "-W", "error", timeout=RUN_TIMEOUT)
+    result.assert_outcomes(passed=1)

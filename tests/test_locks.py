@@ -8,6 +8,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -330,3 +331,65 @@ def test_held_locks_work_again_after_the_check_restarts() -> None:
                 assert locks.held_locks(me) == []
             with a, b:  # check off: nothing recorded
                 assert locks.held_locks(me) == []
+
+
+class _Index:
+    def __index__(self) -> int:
+        return 0
+
+
+# blocking, timeout: what a plain lock of this Python raises (or returns) for each.
+ACQUIRE_ARGUMENTS = [
+    (True, float("nan")),
+    (True, float("inf")),
+    (True, -float("inf")),
+    (True, 1e10),  # beyond threading.TIMEOUT_MAX
+    (True, 10**30),
+    (True, -1.5),
+    (True, -1.0),  # the "no timeout" value, as a float
+    (True, "1"),
+    (True, None),
+    ("yes", -1),
+    (None, -1),
+    (1.5, -1),
+    (0, -1),
+    (False, 0),
+    (False, 0.0),
+    (_Index(), -1),
+    (True, _Index()),
+    (True, True),  # a bool is an int: one second
+    (True, 0.01),
+]
+
+
+@pytest.mark.parametrize("factory", ["Lock", "RLock"])
+@pytest.mark.parametrize(("blocking", "timeout"), ACQUIRE_ARGUMENTS)
+def test_acquire_arguments_behave_as_a_plain_locks(
+    factory: str, blocking: object, timeout: object
+) -> None:
+    def outcome(lock: Any) -> str:
+        try:
+            return repr(lock.acquire(blocking, timeout))
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    plain = getattr(threading, factory)()
+    expected = outcome(plain)
+    with locks.tracking(deadlock=True, lock_order=True):
+        tracked = getattr(threading, factory)()
+        assert isinstance(tracked, (TrackedLock, TrackedRLock))
+        assert outcome(tracked) == expected
+        if factory == "RLock" and tracked.locked():
+            # Re-entry checks the arguments too, as an RLock does.
+            assert outcome(tracked) == outcome(plain)
+
+
+def test_tracking_flags_and_abort_requests_are_checked() -> None:
+    with pytest.raises(TypeError, match="deadlock must be a bool"):
+        locks.install(deadlock=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="lock_order must be a bool"):
+        locks.tracking(lock_order="yes").__enter__()  # type: ignore[arg-type]
+    assert not locks.installed()
+    with pytest.raises(TypeError, match="exc must be an exception instance"):
+        locks.request_abort(threading.get_ident(), "stop")  # type: ignore[arg-type]
+    assert locks.cancel_abort(threading.get_ident()) is None

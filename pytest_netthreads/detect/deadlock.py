@@ -12,7 +12,10 @@ The one watchdog thread also re-checks the graph on every tick (a safety net for
 threads blocking at the same moment), fails a test still running at its deadline with
 :class:`HangError` (every thread's stack and the wait-for state), and, as the last resort when
 the interrupted test does not stop within ``kill_grace`` seconds, writes the report to stderr,
-says that it kills the process, and exits it.
+says that it kills the process, and exits it (status 70). A test stuck in C code that holds the
+GIL stops every Python thread, this one too: for it, a helper process
+(:class:`~.lastresort.ProcessWatchdog`) ends the process ``kill_grace`` seconds after that,
+with every thread's stack.
 
 Usable without pytest::
 
@@ -24,11 +27,13 @@ Usable without pytest::
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
 import threading
 import traceback
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import monotonic
@@ -37,6 +42,7 @@ from typing import Any
 
 from .._runtime.threads import is_internal, mark_internal
 from . import locks
+from .lastresort import ProcessWatchdog
 from .locks import TrackedLock, TrackedRLock, Wait
 
 __all__ = [
@@ -51,6 +57,20 @@ __all__ = [
 
 #: One step of a cycle: (waiting thread ident, its wait, ident of the thread it waits for).
 Step = tuple[int, Wait, int]
+
+
+def _seconds(value: object, name: str, *, zero: bool = False) -> float:
+    """``value`` as seconds: a real number (not a bool), finite, > 0 (>= 0 with ``zero``) and
+    at most ``threading.TIMEOUT_MAX``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    low = value >= 0 if zero else value > 0
+    if not (math.isfinite(value) and low and value <= threading.TIMEOUT_MAX):
+        raise ValueError(
+            f"{name} must be a finite number of seconds {'>=' if zero else '>'} 0 and "
+            f"<= {threading.TIMEOUT_MAX:.0f}, got {value!r}"
+        )
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -73,7 +93,7 @@ class DeadlockReport:
     def join_threads(self, timeout: float) -> None:
         """Give the threads of the cycle (interrupted in their waits) up to ``timeout`` seconds
         in all to finish, so that what they raise is reported with the test that owns them."""
-        deadline = monotonic() + timeout
+        deadline = monotonic() + _seconds(timeout, "timeout", zero=True)
         me = threading.get_ident()
         for thread in threading.enumerate():
             if thread.ident in self.idents and thread.ident != me:
@@ -231,6 +251,18 @@ def format_cycle(cycle: list[Step], label: str | None) -> str:
     return "\n".join(lines) + "\n" + _format_stacks([step[0] for step in cycle])
 
 
+_DETECTORS: weakref.WeakSet[DeadlockDetector] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for detector in list(_DETECTORS):
+        detector._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class DeadlockDetector:
     """Wait-for cycle detection at block time plus the session's one hang watchdog thread.
 
@@ -242,6 +274,12 @@ class DeadlockDetector:
         on_report: called (in whichever thread found it) with each report.
         before_kill: called in the watchdog thread right before the last-resort kill writes
             to file descriptor 2 (the plugin uses it to stop pytest's output capture).
+        process_watchdog: also arm a :class:`~.lastresort.ProcessWatchdog` (a helper process,
+            started on the first deadline) for ``kill_grace`` seconds after the last resort:
+            it ends the process, with every thread's stack, when the GIL is held for good and
+            no Python thread (this watchdog neither) runs.
+        stderr_fd: where the process watchdog writes (default 2; the plugin passes a
+            duplicate of the real stderr, which pytest's capture replaces during tests).
     """
 
     def __init__(
@@ -252,16 +290,29 @@ class DeadlockDetector:
         interrupt_signal: int = signal.SIGUSR1,
         on_report: Callable[[DeadlockReport], None] | None = None,
         before_kill: Callable[[], None] | None = None,
+        process_watchdog: bool = True,
+        stderr_fd: int = 2,
     ) -> None:
-        if not isinstance(tick, (int, float)) or tick <= 0:
-            raise ValueError(f"tick must be a positive number of seconds, got {tick!r}")
-        if not isinstance(kill_grace, (int, float)) or kill_grace <= 0:
-            raise ValueError(f"kill_grace must be a positive number of seconds, got {kill_grace!r}")
-        self._tick = float(tick)
-        self._kill_grace = float(kill_grace)
+        self._tick = _seconds(tick, "tick")
+        self._kill_grace = _seconds(kill_grace, "kill_grace")
+        if isinstance(interrupt_signal, bool) or not isinstance(interrupt_signal, int):
+            raise TypeError(f"interrupt_signal must be a signal number, got {interrupt_signal!r}")
+        if interrupt_signal not in signal.valid_signals() or interrupt_signal in (
+            signal.SIGKILL,
+            signal.SIGSTOP,
+        ):
+            raise ValueError(
+                f"interrupt_signal must be a signal that can be handled, got {interrupt_signal!r}"
+            )
+        for name, func in (("on_report", on_report), ("before_kill", before_kill)):
+            if func is not None and not callable(func):
+                raise TypeError(f"{name} must be callable or None, got {func!r}")
+        if not isinstance(process_watchdog, bool):
+            raise TypeError(f"process_watchdog must be a bool, got {process_watchdog!r}")
         self._signal = interrupt_signal
         self._on_report = on_report
         self._before_kill = before_kill
+        self._outside = ProcessWatchdog(stderr_fd=stderr_fd) if process_watchdog else None
         self._state_lock = locks._allocate()
         self._wake = locks._allocate()
         self._thread: threading.Thread | None = None
@@ -277,8 +328,11 @@ class DeadlockDetector:
         self._deadline: float | None = None
         self._timeout: float | None = None
         self._interrupted_at: float | None = None
+        self._source: str | None = None
         self._reported: set[frozenset[int]] = set()
         self._reports: list[DeadlockReport] = []
+        self._forked = False  # a forked child: the watchdog thread did not come along
+        _DETECTORS.add(self)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -293,14 +347,27 @@ class DeadlockDetector:
         ):
             self._prev_handler = signal.signal(self._signal, self._handle_signal)
             self._signal_installed = True
-        self._wake.acquire()
+        self._wake.acquire()  # held while the watchdog runs; stop() releases it
+        self._start_thread()
+        return self
+
+    def _start_thread(self) -> None:
         thread = threading.Thread(target=self._run, name="netthreads-watchdog", daemon=True)
         mark_internal(thread)
         self._thread = thread
         thread.start()
-        return self
+
+    def _after_fork_in_child(self) -> None:
+        # Only the forking thread lives on: the watchdog thread is gone, and may have held
+        # the state lock at the fork. The next arm() starts a new one.
+        self._state_lock = locks._allocate()
+        self._wake = locks._allocate()
+        self._wake.acquire()
+        self._main_ident = threading.main_thread().ident
+        self._forked = self._thread is not None
 
     def stop(self, timeout: float = 5.0) -> None:
+        timeout = _seconds(timeout, "timeout", zero=True)
         thread = self._thread
         if thread is None:
             return
@@ -308,6 +375,8 @@ class DeadlockDetector:
         self._wake.release()
         thread.join(timeout)
         self._thread = None
+        if self._outside is not None:
+            self._outside.stop(max(timeout, 0.1))
         if locks.on_block == self._on_block:
             locks.on_block = self._prev_on_block
         locks.uninstall(deadlock=True)
@@ -325,7 +394,14 @@ class DeadlockDetector:
 
     # -- per test ---------------------------------------------------------------------
 
-    def arm(self, label: str | None, timeout: float | None, ident: int | None = None) -> None:
+    def arm(
+        self,
+        label: str | None,
+        timeout: float | None,
+        ident: int | None = None,
+        *,
+        source: str | None = None,
+    ) -> None:
         """Watch the work ``label`` running in thread ``ident`` (default: the caller).
 
         Args:
@@ -333,19 +409,41 @@ class DeadlockDetector:
             timeout: fail it with :class:`HangError` if still running after this many
                 seconds; ``None`` or ``0`` for no deadline (cycles are still detected).
             ident: the thread to interrupt.
+            source: what set the deadline, named in the hang report
+                (``"--deadlock-timeout"``).
         """
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
-            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        if label is not None and not isinstance(label, str):
+            raise TypeError(f"label must be a str or None, got {label!r}")
+        if timeout is not None:
+            timeout = _seconds(timeout, "timeout", zero=True)
+        if ident is not None and (isinstance(ident, bool) or not isinstance(ident, int)):
+            raise TypeError(f"ident must be a thread ident (int) or None, got {ident!r}")
+        if source is not None and not isinstance(source, str):
+            raise TypeError(f"source must be a str or None, got {source!r}")
+        if self._forked:
+            self._forked = False
+            self._start_thread()
         with self._state_lock:
             self._generation += 1
             self._label = label
             self._test_ident = threading.get_ident() if ident is None else ident
             self._timeout = timeout or None
+            self._source = source
             self._deadline = monotonic() + timeout if timeout else None
             self._interrupted_at = None
             self._reported = set()
+        outside = self._outside
+        if outside is not None and self._thread is not None:
+            if timeout:
+                # Past the Python last resort (deadline + kill_grace) by kill_grace again.
+                outside.arm(label, timeout + 2 * self._kill_grace)
+            else:
+                outside.disarm()
 
     def disarm(self) -> None:
+        """Stop watching: no deadline, no interrupt of the thread that was armed (cycles among
+        other threads are still broken). The plugin calls it after each test, and when a
+        debugger starts."""
         with self._state_lock:
             ident = self._test_ident
             self._generation += 1
@@ -353,8 +451,15 @@ class DeadlockDetector:
             self._test_ident = None
             self._deadline = None
             self._interrupted_at = None
+        if self._outside is not None:
+            self._outside.disarm()
         if ident is not None:
             locks.cancel_abort(ident)
+
+    @property
+    def armed(self) -> bool:
+        """Whether a thread is being watched (between :meth:`arm` and :meth:`disarm`)."""
+        return self._test_ident is not None
 
     def take_reports(self) -> list[DeadlockReport]:
         """The reports since the last call (oldest first)."""
@@ -453,6 +558,7 @@ class DeadlockDetector:
             test_ident = self._test_ident
             label = self._label
             timeout = self._timeout
+            source = self._source
         if test_ident is None:
             return
         if interrupted is not None:
@@ -464,9 +570,10 @@ class DeadlockDetector:
             return
         if deadline is None or now < deadline:
             return
+        why = f" ({source})" if source else ""
         text = (
-            f"Hang: {label or 'the test'} still running after {timeout:g}s "
-            "(--deadlock-timeout); no wait-for cycle among tracked locks and joins.\n"
+            f"Hang: {label or 'the test'} still running after {timeout:g}s{why}; "
+            "no wait-for cycle among tracked locks and joins.\n"
             "Wait-for state:\n" + format_wait_state(locks.waits()) + "Stacks of every thread "
             "(most recent call last):\n" + _format_stacks()
         )

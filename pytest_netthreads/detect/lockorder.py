@@ -21,7 +21,9 @@ Usable without pytest::
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -106,6 +108,19 @@ def format_report(edges: list[LockOrderEdge]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_CHECKERS: weakref.WeakSet[LockOrderChecker] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Another thread may have been recording an edge at the fork: a fresh lock for each.
+    for checker in list(_CHECKERS):
+        checker._lock = locks._allocate()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class LockOrderChecker:
     """Records lock-order edges while active and reports every cycle once.
 
@@ -114,12 +129,15 @@ class LockOrderChecker:
     """
 
     def __init__(self, *, on_report: Callable[[LockOrderReport], None] | None = None) -> None:
+        if on_report is not None and not callable(on_report):
+            raise TypeError(f"on_report must be callable or None, got {on_report!r}")
         self._on_report = on_report
         self._lock = locks._allocate()
         self._reports: list[LockOrderReport] = []
         self._reported: set[frozenset[LockClass]] = set()
         self._started = False
         self._prev_on_new_edge: Callable[[Any, Any, FrameType], None] | None = None
+        _CHECKERS.add(self)
 
     def start(self) -> LockOrderChecker:
         if self._started:

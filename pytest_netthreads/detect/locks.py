@@ -129,6 +129,9 @@ _LIB_CODES = _library_codes()
 # A cheap first test for the hot path (a code object's hash is not cached; a str's is).
 _LIB_FILES = frozenset(code.co_filename for code in _LIB_CODES)
 _COND_RESTORE_CODE = threading.Condition.__dict__["_acquire_restore"].__code__
+# A lock created by Condition.__init__ called from user code is the user's own lock (``with
+# cond:`` holds it); every other lock created through the standard library is internal.
+_COND_INIT_CODE = threading.Condition.__dict__["__init__"].__code__
 
 
 def _user_frame(frame: FrameType) -> FrameType:
@@ -168,14 +171,19 @@ class LockClass:
             (``"queue.py:...: Queue.__init__"``), or ``None`` for a direct ``Lock()``.
         kind: ``"Lock"`` or ``"RLock"``.
         after: lock-order edges from this class (filled by the lock-order check).
+        internal: the standard library created these locks for its own use (a ``Queue``'s
+            mutex, an ``Event``'s, ``Semaphore``'s or ``Barrier``'s condition, a ``Future``'s,
+            a ``logging`` handler's): only library code holds them, so they never take part
+            in the lock-order graph. A ``Condition()`` created by user code is not internal.
     """
 
-    __slots__ = ("after", "kind", "site", "via")
+    __slots__ = ("after", "internal", "kind", "site", "via")
 
-    def __init__(self, site: Site, via: Site | None, kind: str) -> None:
+    def __init__(self, site: Site, via: Site | None, kind: str, internal: bool = False) -> None:
         self.site = site
         self.via = via
         self.kind = kind
+        self.internal = internal
         self.after: dict[LockClass, Any] = {}
 
     def describe(self) -> str:
@@ -189,8 +197,11 @@ class LockClass:
         return f"<LockClass {self.describe()}>"
 
 
+# Filled without a lock (dict.setdefault is atomic): a lock here could be left held by another
+# thread in a forked child, where threading's own at-fork handler creates an RLock.
 _classes: dict[tuple[str, int, str, int, str], LockClass] = {}
-_classes_lock = _allocate()
+# threading's at-fork handler re-creates its _active_limbo_lock: a plain lock, as before the fork.
+_THREADING_AFTER_FORK = getattr(getattr(threading, "_after_fork", None), "__code__", None)
 
 
 def _qualname(frame: FrameType) -> str:
@@ -216,6 +227,8 @@ def _class_for_creator(kind: str, depth: int) -> LockClass | None:
     frame: FrameType | None = _getframe(depth)
     via: FrameType | None = None
     while frame is not None and _is_stdlib(frame.f_code.co_filename):
+        if frame.f_code is _THREADING_AFTER_FORK:
+            return None
         via = frame
         frame = frame.f_back
     if frame is None:
@@ -229,15 +242,12 @@ def _class_for_creator(kind: str, depth: int) -> LockClass | None:
     key = (code.co_filename, line, vfile, vline, kind)
     cls = _classes.get(key)
     if cls is None:
-        with _classes_lock:
-            cls = _classes.get(key)
-            if cls is None:
-                vsite = None
-                if via is not None:
-                    vsite = Site(vfile, vline, _qualname(via))
-                cls = _classes[key] = LockClass(
-                    Site(code.co_filename, line, code.co_name), vsite, kind
-                )
+        vsite = None
+        if via is not None:
+            vsite = Site(vfile, vline, _qualname(via))
+        internal = via is not None and via.f_code is not _COND_INIT_CODE
+        new = LockClass(Site(code.co_filename, line, code.co_name), vsite, kind, internal)
+        cls = _classes.setdefault(key, new)  # two threads may race: one class wins
     return cls
 
 
@@ -303,6 +313,8 @@ def request_abort(ident: int, exc: BaseException, *, sticky: bool = False) -> No
         sticky: keep the request until delivered (by a later wait, or by whoever calls
             :func:`cancel_abort`) even if the current wait ends without seeing it.
     """
+    if not isinstance(exc, BaseException):
+        raise TypeError(f"exc must be an exception instance, got {exc!r}")
     _aborts[ident] = exc
     if sticky:
         _sticky.add(ident)
@@ -330,7 +342,11 @@ def _drop_abort(ident: int) -> None:
 
 
 def _push_held(lock: Any, ident: int, frame: FrameType, ordered: bool) -> None:
-    """Add ``lock`` to the thread's held locks; with ``ordered``, look for new edges first."""
+    """Add ``lock`` to the thread's held locks; with ``ordered``, look for new edges first.
+
+    Internal locks (:attr:`LockClass.internal`) are never added: they form no edges."""
+    if lock._class.internal:
+        return
     try:
         held = _held[ident]
     except KeyError:
@@ -364,17 +380,26 @@ def _check_order(lock: Any, ident: int, frame: FrameType) -> None:
 def _pop_held(lock: Any) -> None:
     """Take ``lock`` off the held locks of the thread that acquired it (the caller may be
     another thread: one atomic ``remove``)."""
+    held = lock._held
+    if held is _NOT_HELD:  # never added (an internal lock, or the check was off)
+        return
     try:
-        lock._held.remove(lock)
+        held.remove(lock)
     except ValueError:  # acquired while the check was off
         pass
 
 
-def _validate(blocking: bool, timeout: float) -> None:
-    if not blocking:
-        raise ValueError("can't specify a timeout for a non-blocking call")
-    if timeout < 0:
-        raise ValueError("timeout value must be a non-negative number (or -1 for no timeout)")
+def _validate(blocking: Any, timeout: Any) -> tuple[bool, float]:
+    """Check ``acquire``'s arguments exactly as this Python's own locks do (types, NaN,
+    negative, too large, a timeout for a non-blocking call), and normalise them.
+
+    A fresh, free C lock parses them: it raises what a plain lock raises and, being free,
+    never blocks (a shared one could be taken by another thread validating at the moment).
+    """
+    probe = _allocate()
+    probe.acquire(blocking, timeout)
+    probe.release()
+    return bool(blocking), float(timeout)
 
 
 def _take(q: SimpleQueue[bool], seconds: float | None) -> bool:
@@ -486,8 +511,8 @@ class TrackedLock:
         return None if code is None or self._owner is None else Site.of(code, self._lasti)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        if timeout != -1:
-            _validate(blocking, timeout)
+        if timeout != -1 or (blocking is not True and blocking is not False):
+            blocking, timeout = _validate(blocking, timeout)
         try:
             self._q.get_nowait()
         except Empty:
@@ -617,12 +642,24 @@ class TrackedLock:
         return self._q.empty()
 
     def _at_fork_reinit(self) -> None:
+        if self._owner is not None:
+            _pop_held(self)
         self._q = _new_token_queue()
         self._owner = None
 
     def __repr__(self) -> str:
         state = "locked" if self._q.empty() else "unlocked"
         return f"<tracked {state} Lock ({self._class.describe()}) at {id(self):#x}>"
+
+
+class _InternalLock(TrackedLock):
+    """A tracked lock of an internal class (:attr:`LockClass.internal`): its ``with`` path
+    never keeps lock-order state, whatever the mode."""
+
+    __slots__ = ()
+
+    __enter__ = TrackedLock._enter
+    __exit__ = TrackedLock._exit
 
 
 class TrackedRLock:
@@ -668,12 +705,12 @@ class TrackedRLock:
         return None if code is None or self._owner is None else Site.of(code, self._lasti)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if timeout != -1 or (blocking is not True and blocking is not False):
+            blocking, timeout = _validate(blocking, timeout)  # even on re-entry, as RLock does
         me = _get_ident()
         if self._owner == me:
             self._count += 1
             return True
-        if timeout != -1:
-            _validate(blocking, timeout)
         try:
             self._q.get_nowait()
         except Empty:
@@ -766,6 +803,8 @@ class TrackedRLock:
             _push_held(self, state[1], f, True)
 
     def _at_fork_reinit(self) -> None:
+        if self._owner is not None:
+            _pop_held(self)
         self._q = _new_token_queue()
         self._owner = None
         self._count = 0
@@ -783,7 +822,7 @@ def _make_lock() -> Any:
     cls = _class_for_creator("Lock", 2)
     if cls is None:
         return _allocate()
-    return TrackedLock(cls)
+    return _InternalLock(cls) if cls.internal else TrackedLock(cls)
 
 
 class _LockStandInMeta(type):
@@ -795,7 +834,7 @@ class _LockStandInMeta(type):
         lock_class = _class_for_creator("Lock", 2)
         if lock_class is None:
             return _allocate()
-        return TrackedLock(lock_class)
+        return _InternalLock(lock_class) if lock_class.internal else TrackedLock(lock_class)
 
     def __instancecheck__(cls, obj: object) -> bool:
         return isinstance(obj, (_thread.LockType, TrackedLock))
@@ -868,6 +907,12 @@ def _tracked_join(self: threading.Thread, timeout: float | None = None) -> None:
         _drop_abort(me)
 
 
+def _check_flags(deadlock: object, lock_order: object) -> None:
+    for name, value in (("deadlock", deadlock), ("lock_order", lock_order)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
 def install(*, deadlock: bool = True, lock_order: bool = False) -> None:
     """Start tracking (nestable: each call needs one :func:`uninstall` with the same flags).
 
@@ -876,6 +921,7 @@ def install(*, deadlock: bool = True, lock_order: bool = False) -> None:
         lock_order: lock-order bookkeeping is wanted too (each thread's held locks).
     """
     global _depth, _order_users, _deadlock_users
+    _check_flags(deadlock, lock_order)
     with _install_lock:
         if _depth == 0:
             threading.Lock = _LOCK_STAND_IN
@@ -892,6 +938,7 @@ def install(*, deadlock: bool = True, lock_order: bool = False) -> None:
 def uninstall(*, deadlock: bool = True, lock_order: bool = False) -> None:
     """Undo one :func:`install`; the last one restores ``threading``."""
     global _depth, _order_users, _deadlock_users
+    _check_flags(deadlock, lock_order)
     with _install_lock:
         if _depth == 0:
             raise RuntimeError("lock tracking is not installed")
@@ -921,6 +968,35 @@ def _set_order(on: bool) -> None:
     else:
         TrackedLock.__enter__ = TrackedLock._enter
         TrackedLock.__exit__ = TrackedLock._exit
+
+
+def _after_fork_in_child() -> None:
+    """Reset the tracking state in a forked child, where only the forking thread lives on.
+
+    Another thread may have held one of the module's internal locks at the fork (a wait being
+    recorded, say): they are replaced, as ``threading`` replaces its own (the handlers that
+    ran before this one, ``threading``'s among them, need none of them).
+    The other threads' waits, abort requests and held locks are forgotten (the held lists are
+    emptied, not dropped: locks keep references to them, and a new thread of the child may get
+    a dead thread's ident). Tracked locks that another thread held stay locked, as plain locks
+    do in a forked child.
+    """
+    global _install_lock, _graph_lock
+    _install_lock = _allocate()
+    _graph_lock = _allocate()
+    me = _get_ident()
+    for ident in [i for i in _waits if i != me]:
+        del _waits[ident]
+    for ident in [i for i in _aborts if i != me]:
+        del _aborts[ident]
+    _sticky.intersection_update((me,))
+    for ident, held in _held.items():
+        if ident != me:
+            held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def installed() -> bool:
