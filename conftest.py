@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-# Inner pytest runs (pytester: about a hundred start a process of their own) go without two
-# plugins that the test extra installs and no inner test uses, since each costs about half a
-# second of CPU per pytest process: Hypothesis's (its terminal summary imports all of
-# Hypothesis) and pytest-run-parallel's (it imports Hypothesis at start). That is more than
-# half of what a whole inner run costs; a test that needs one sets PYTEST_ADDOPTS itself.
+# Inner pytest runs (pytester; nearly ninety start a process of their own) go without two
+# plugins that the test extra installs and no inner test uses: Hypothesis's (its terminal
+# summary imports all of Hypothesis) and pytest-run-parallel's (it imports Hypothesis at
+# start). Either one costs about half a second of CPU per pytest process, more than the rest
+# of a small inner run. A test that needs one sets PYTEST_ADDOPTS itself.
 INNER_RUN_ADDOPTS = "-p no:hypothesispytest -p no:run-parallel"
 
 
