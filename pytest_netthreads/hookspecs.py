@@ -2,15 +2,29 @@
 
 Registered by the plugin through ``pytest_addhooks``; the plugin's own defaults are
 ``trylast`` implementations, so an implementation of yours runs first.
+
+Mark each implementation ``@pytest.hookimpl(optionalhook=True)``: these hooks exist only while
+the plugin is loaded, and pytest refuses a conftest (or plugin) that implements a hook it does
+not know, so without the mark ``pytest -p no:netthreads`` fails at startup with
+``PluginValidationError: unknown hook 'pytest_netthreads_...'``::
+
+    import pytest
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_netthreads_thread_leaks(config, node, owner, leaks):
+        leaks[:] = [leak for leak in leaks if not leak.name.startswith("pool-keepalive")]
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
+    # Only for the annotations: this module does not import pytest at run time.
+    import pytest
+
     from .detect.deadlock import DeadlockReport
     from .detect.lockorder import LockOrderReport
     from .detect.socketleak import LeakedSocket
@@ -21,7 +35,7 @@ hookspec = pluggy.HookspecMarker("pytest")
 
 
 @hookspec
-def pytest_netthreads_server_started(server: ThreadedServer, item: Any) -> None:
+def pytest_netthreads_server_started(server: ThreadedServer, item: pytest.Item) -> None:
     """Called when a fixture (``echo_server``, ``server_factory``...) started ``server``.
 
     Args:
@@ -32,7 +46,10 @@ def pytest_netthreads_server_started(server: ThreadedServer, item: Any) -> None:
 
 @hookspec(firstresult=True)
 def pytest_netthreads_thread_leaks(
-    config: Any, node: Any, owner: str, leaks: list[LeakedThread]
+    config: pytest.Config,
+    node: pytest.Item | pytest.Collector,
+    owner: str,
+    leaks: list[LeakedThread],
 ) -> object | None:
     """Called with the threads a test (or a fixture scope) left running (``--thread-leak-check``).
 
@@ -52,7 +69,10 @@ def pytest_netthreads_thread_leaks(
 
 @hookspec(firstresult=True)
 def pytest_netthreads_socket_leaks(
-    config: Any, node: Any, owner: str, leaks: list[LeakedSocket]
+    config: pytest.Config,
+    node: pytest.Item | pytest.Collector,
+    owner: str,
+    leaks: list[LeakedSocket],
 ) -> object | None:
     """Called with the sockets a test (or a fixture scope) left open (``--socket-leak-check``).
 
@@ -63,7 +83,7 @@ def pytest_netthreads_socket_leaks(
 
 @hookspec(firstresult=True)
 def pytest_netthreads_deadlock_report(
-    config: Any, item: Any, report: DeadlockReport
+    config: pytest.Config, item: pytest.Item | None, report: DeadlockReport
 ) -> object | None:
     """Called in the test's thread after a phase in which a deadlock or hang was found.
 
@@ -84,7 +104,7 @@ def pytest_netthreads_deadlock_report(
 
 @hookspec(firstresult=True)
 def pytest_netthreads_lock_order_report(
-    config: Any, item: Any, report: LockOrderReport
+    config: pytest.Config, item: pytest.Item | None, report: LockOrderReport
 ) -> object | None:
     """Called with a lock-order inversion (``--lock-order-check``) seen during a test's phase.
 

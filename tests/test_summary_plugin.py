@@ -42,7 +42,8 @@ def _properties(xml_path: str) -> dict[str, list[tuple[str, str]]]:
 
 
 def _summary_lines(lines: list[str]) -> list[str]:
-    start = next(i for i, line in enumerate(lines) if "pytest-netthreads" in line)
+    # The section's header line (a path in a stack above it may name pytest-netthreads too).
+    start = next(i for i, line in enumerate(lines) if "= pytest-netthreads =" in line)
     end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("====="))
     return lines[start + 1 : end]
 
