@@ -280,11 +280,15 @@ def test_one_internal_watchdog_thread_for_the_session(pytester: pytest.Pytester)
     result.assert_outcomes(passed=3)
 
 
+_SECONDS = "must be a finite number of seconds >= 0 and <= 9.22337e+09"
+
+
 @pytest.mark.parametrize(
     ("args", "marker", "message"),
     [
-        (["--deadlock-timeout=soon"], "", "*--deadlock-timeout*must be a number of seconds*soon*"),
-        (["--deadlock-timeout=-1"], "", "*--deadlock-timeout*must be a number of seconds*-1*"),
+        (["--deadlock-timeout=soon"], "", f"ERROR: --deadlock-timeout {_SECONDS}, got 'soon'"),
+        (["--deadlock-timeout=-1"], "", f"ERROR: --deadlock-timeout {_SECONDS}, got '-1'"),
+        (["--deadlock-timeout="], "", f"ERROR: --deadlock-timeout {_SECONDS}, got ''"),
         ([], "@pytest.mark.deadlock_timeout('x')", "*deadlock_timeout('x'): seconds must*"),
         ([], "@pytest.mark.deadlock_timeout(1, 2)", "*deadlock_timeout(seconds) takes one*"),
     ],
@@ -489,11 +493,10 @@ def test_a_bad_marker_is_one_clear_error_and_the_hang_names_the_marker(
     result.stdout.fnmatch_lines(
         [
             "*_ ERROR at setup of test_nan _*",
-            "ValueError: @pytest.mark.deadlock_timeout(nan): seconds must be a number of "
-            "seconds >= 0 (finite, at most 9223372036), got nan",
+            f"ValueError: @pytest.mark.deadlock_timeout(nan): seconds {_SECONDS}, got nan",
             "*_ ERROR at setup of test_bool _*",
-            "TypeError: @pytest.mark.deadlock_timeout(seconds=True): seconds must be a number "
-            "of seconds >= 0 (finite, at most 9223372036), got True",
+            f"TypeError: @pytest.mark.deadlock_timeout(seconds=True): seconds {_SECONDS}, "
+            "got True",
         ]
     )
     result.stdout.fnmatch_lines(
@@ -520,7 +523,6 @@ def test_bad_deadlock_timeout_values_are_usage_errors(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
-            "ERROR: --deadlock-timeout (ini deadlock_timeout) must be a number of seconds >= 0 "
-            f"(finite, at most 9223372036), got {value!r}"
+            f"ERROR: --deadlock-timeout {_SECONDS}, got {value!r}"
         ]
     )

@@ -91,7 +91,7 @@ def test_fault_seed_option_and_ini_seed_every_proxy(pytester: pytest.Pytester) -
     result.assert_outcomes(passed=1)
     pytester.makeini("[pytest]\nfault_seed = soon\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=_SUBPROCESS_TIMEOUT)
-    result.stderr.fnmatch_lines(["*ini fault_seed must be an int, got 'soon'*"])
+    result.stderr.fnmatch_lines(["ERROR: ini fault_seed (tox.ini) must be an int, got 'soon'"])
 
 
 def test_an_error_in_a_proxy_callback_fails_the_test(pytester: pytest.Pytester) -> None:

@@ -351,7 +351,7 @@ def test_bad_options_are_usage_errors_naming_the_option(tl: pytest.Pytester) -> 
     result = run(tl, "--thread-leak-check", "--thread-leak-grace=soon")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["*--thread-leak-grace / thread_leak_grace must be a number of seconds >= 0, got 'soon'"]
+        [f"ERROR: --thread-leak-grace {_SECONDS}, got 'soon'"]
     )
     tl.makeini("[pytest]\nthread_leak_ignore = (unclosed\n")
     result = run(tl, "--thread-leak-check")
@@ -718,30 +718,35 @@ def test_a_running_thread_nobody_references_is_still_reported_in_full(
     )
 
 
+_SECONDS = "must be a finite number of seconds >= 0 and <= 9.22337e+09"
+
+
 @pytest.mark.parametrize(
-    ("source", "value", "message"),
+    ("source", "value"),
     [
-        ("option", "inf", "must be at most 9.22337e+09 seconds (threading.TIMEOUT_MAX), got 'inf'"),
-        ("option", "1e10", "must be at most 9.22337e+09 seconds*, got '1e10'"),
-        ("option", "nan", "must be a number of seconds >= 0, got 'nan'"),
-        ("option", "-1", "must be a number of seconds >= 0, got '-1'"),
-        ("option", "", "must be a number of seconds >= 0, got ''"),
-        ("ini", "inf", "must be at most 9.22337e+09 seconds*, got 'inf'"),
-        ("ini", "soon", "must be a number of seconds >= 0, got 'soon'"),
+        ("option", "inf"),  # used to be accepted, then every teardown raised OverflowError
+        ("option", "1e10"),
+        ("option", "nan"),
+        ("option", "-1"),
+        ("option", ""),
+        ("ini", "inf"),
+        ("ini", "soon"),
     ],
 )
 def test_bad_grace_values_are_usage_errors_naming_option_and_ini_key(
-    tl: pytest.Pytester, source: str, value: str, message: str
+    tl: pytest.Pytester, source: str, value: str
 ) -> None:
     tl.makepyfile(test_x="def test_x(): pass")
     for mode in ("--thread-leak-check", "--socket-leak-check"):
         if source == "option":
             result = run(tl, mode, f"--thread-leak-grace={value}")
+            where = "--thread-leak-grace"
         else:
             tl.makeini(f"[pytest]\nthread_leak_grace = {value}\n")
             result = run(tl, mode)
+            where = "ini thread_leak_grace (tox.ini)"
         assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
-        result.stderr.fnmatch_lines([f"*--thread-leak-grace / thread_leak_grace {message}"])
+        result.stderr.fnmatch_lines([f"ERROR: {where} {_SECONDS}, got {value!r}"])
 
 
 def test_reported_threads_and_sockets_are_not_kept_alive_by_the_report(

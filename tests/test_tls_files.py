@@ -214,7 +214,7 @@ def test_sigterm_handler_only_over_the_default_and_restored_at_the_end(
             if os.environ.get("OWN_HANDLER"):
                 assert handler is conftest.own_handler
             else:
-                assert callable(handler) and handler.__module__ == "pytest_netthreads.plugin"
+                assert callable(handler) and handler.__module__ == "pytest_netthreads.plugin._tls"
         """
     )
     args = ("-p", "no:cacheprovider", "-W", "error")

@@ -254,7 +254,7 @@ def test_a_bad_key_log_file_is_a_usage_error(pytester: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
-            "ERROR: --tls-keylog-file (ini tls_keylog_file) '*adir' cannot be opened for "
+            "ERROR: --tls-keylog-file '*adir' cannot be opened for "
             "appending: Is a directory"
         ]
     )
@@ -263,7 +263,9 @@ def test_a_bad_key_log_file_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ntls_keylog_file = link.log\n")
     result = run(pytester)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --tls-keylog-file *link.log'*is a symbolic link*"])
+    result.stderr.fnmatch_lines(
+        ["ERROR: ini tls_keylog_file (tox.ini) *link.log'*is a symbolic link*"]
+    )
     assert not (pytester.path / "target.log").exists()
 
 

@@ -10,6 +10,11 @@ from __future__ import annotations
 import math
 import os
 import socket
+import threading
+
+MAX_TIMEOUT = threading.TIMEOUT_MAX
+"""The longest timeout the standard library's waits take (``Lock.acquire``, ``Thread.join``):
+about 292 years; longer ones raise ``OverflowError``."""
 
 UNIX_PATH_MAX = 107
 """The longest path a Unix domain socket can be bound to, in bytes (``sun_path`` holds 108

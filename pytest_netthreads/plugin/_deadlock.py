@@ -1,0 +1,263 @@
+"""``--deadlock-timeout`` and ``--lock-order-check``: tracked locks, the hang watchdog, reports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .._runtime import values
+from ..detect.deadlock import DeadlockDetector, DeadlockError, HangError
+from ..detect.lockorder import LockOrderChecker
+from . import _config
+from ._summary import deadlock_line, first_line, record, summary
+
+if TYPE_CHECKING:
+    from ..detect.deadlock import DeadlockReport
+    from ..detect.lockorder import LockOrderReport
+
+_DEADLOCK_PLUGIN_NAME = "netthreads-deadlock"
+# A bad deadlock_timeout marker, found by the setup wrapper, raised by a plain setup hook.
+_MARKER_ERROR = pytest.StashKey[BaseException]()
+
+
+def add_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
+    group.addoption(
+        "--deadlock-timeout",
+        metavar="SECONDS",
+        default=None,
+        help="track locks and joins: fail a test the moment its threads deadlock (a wait-for "
+        "cycle), or that is still running after SECONDS (0: cycles only), with every "
+        "thread's stack (ini: deadlock_timeout)",
+    )
+    group.addoption(
+        "--lock-order-check",
+        action="store_true",
+        default=None,
+        help="fail a test that takes locks in an order inverse to an order seen before "
+        "(a potential deadlock, even if none happened) (ini: lock_order_check)",
+    )
+    parser.addini("deadlock_timeout", "like --deadlock-timeout (seconds)", default=None)
+    parser.addini("lock_order_check", "like --lock-order-check", type="bool", default=False)
+
+
+def configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "deadlock_timeout(seconds): fail this test if it is still running after `seconds` "
+        "(0: wait-for cycles only); turns the deadlock detector on if it is off",
+    )
+    timeout = _config.seconds(config, "deadlock_timeout")
+    lock_order = _config.flag(config, "lock_order_check")
+    if timeout is None and not lock_order:
+        # Off: only look, once at collection, for a deadlock_timeout marker.
+        config.pluginmanager.register(_DeadlockMarkerProbe(config), _DEADLOCK_PLUGIN_NAME)
+        return
+    _start_deadlock_plugin(config, timeout, deadlock=timeout is not None, lock_order=lock_order)
+
+
+def _start_deadlock_plugin(
+    config: pytest.Config, timeout: float | None, *, deadlock: bool, lock_order: bool
+) -> _DeadlockPlugin:
+    plugin = _DeadlockPlugin(config, timeout, deadlock=deadlock, lock_order=lock_order)
+    if config.pluginmanager.get_plugin(_DEADLOCK_PLUGIN_NAME) is not None:
+        config.pluginmanager.unregister(name=_DEADLOCK_PLUGIN_NAME)
+    config.pluginmanager.register(plugin, _DEADLOCK_PLUGIN_NAME)
+    plugin.start()
+    config.add_cleanup(plugin.stop)
+    return plugin
+
+
+class _DeadlockMarkerProbe:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        if any(item.get_closest_marker("deadlock_timeout") for item in items):
+            _start_deadlock_plugin(self.config, None, deadlock=True, lock_order=False)
+
+
+_OPTION_SOURCE = "--deadlock-timeout"
+
+
+class _DeadlockPlugin:
+    """The hooks of ``--deadlock-timeout`` / ``--lock-order-check`` (registered when on)."""
+
+    def __init__(
+        self, config: pytest.Config, timeout: float | None, *, deadlock: bool, lock_order: bool
+    ) -> None:
+        self.config = config
+        self.timeout = timeout
+        self.deadlock = deadlock
+        self.detector: DeadlockDetector | None = None
+        self.checker = LockOrderChecker() if lock_order else None
+        self._stderr_fd = -1
+
+    def _new_detector(self, kill_grace: float) -> DeadlockDetector:
+        # The process watchdog writes to the real stderr: a copy of it taken outside the
+        # capture (pytest's fd capture replaces descriptor 2 during collection and tests).
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+            stderr_fd = os.dup(2)
+        try:
+            detector = DeadlockDetector(
+                kill_grace=kill_grace, before_kill=self._release_stderr, stderr_fd=stderr_fd
+            )
+            detector.start()  # the process watchdog duplicates stderr_fd when it starts
+        except BaseException:
+            os.close(stderr_fd)
+            raise
+        self._stderr_fd = stderr_fd
+        return detector
+
+    def start(self) -> None:
+        if self.checker is not None:
+            self.checker.start()
+        if self.deadlock:
+            self.detector = self._new_detector(max(5.0, self.timeout or 0.0))
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        # --lock-order-check alone: a deadlock_timeout marker still turns the detector on.
+        if self.detector is None and any(
+            item.get_closest_marker("deadlock_timeout") for item in items
+        ):
+            self.detector = self._new_detector(5.0)
+
+    def stop(self) -> None:
+        if self.detector is not None:
+            self.detector.stop()
+            os.close(self._stderr_fd)
+        if self.checker is not None:
+            self.checker.stop()
+
+    def _release_stderr(self) -> None:
+        # The last-resort message must reach the real stderr, not the test's capture.
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        if capman is not None:
+            capman.suspend_global_capture(in_=False)
+
+    def _timeout_for(self, item: pytest.Item) -> tuple[float | None, str]:
+        """The test's deadline (``None``: none) and what set it, for the hang report."""
+        marker = item.get_closest_marker("deadlock_timeout")
+        if marker is None:
+            return self.timeout, _OPTION_SOURCE
+        args = [repr(a) for a in marker.args] + [f"{k}={v!r}" for k, v in marker.kwargs.items()]
+        source = f"@pytest.mark.deadlock_timeout({', '.join(args)})"
+        if len(marker.args) + len(marker.kwargs) != 1 or set(marker.kwargs) - {"seconds"}:
+            raise TypeError(
+                f"{source}: deadlock_timeout(seconds) takes one argument, the seconds, got "
+                f"args={marker.args!r} kwargs={marker.kwargs!r}"
+            )
+        value = marker.args[0] if marker.args else marker.kwargs["seconds"]
+        return values.seconds(value, f"{source}: seconds", maximum=values.MAX_TIMEOUT), source
+
+    def _collect(self, item: pytest.Item | None) -> str | None:
+        """Hand the pending reports to the hooks; the failure message, if any is left."""
+        hook = self.config.hook
+        failures: list[str] = []
+        reports: list[tuple[Any, Any]] = []
+        if self.detector is not None:
+            for report in self.detector.take_reports():
+                report.join_threads(2.0)
+                reports.append((hook.pytest_netthreads_deadlock_report, report))
+        if self.checker is not None:
+            reports += [
+                (hook.pytest_netthreads_lock_order_report, r) for r in self.checker.take_reports()
+            ]
+        for caller, report in reports:
+            try:
+                caller(config=self.config, item=item, report=report)
+            except pytest.fail.Exception as exc:
+                failures.append(str(exc.msg))
+        return "\n".join(failures) if failures else None
+
+    def _phase(self, item: pytest.Item) -> Generator[None, object, object]:
+        try:
+            result = yield
+        except BaseException as exc:
+            failure = self._collect(item)
+            if failure is None:
+                raise
+            if not isinstance(exc, (DeadlockError, HangError)):
+                # e.g. the aborted threads' exceptions turned into errors by -W error
+                first = (str(exc).splitlines() or [""])[0]
+                failure += f"\n(the phase also raised {type(exc).__name__}: {first})"
+            # Our report replaces the interrupt (which only repeats it).
+            raise pytest.fail.Exception(failure, pytrace=False) from None
+        failure = self._collect(item)
+        if failure is not None:
+            pytest.fail(failure, pytrace=False)
+        return result
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_netthreads_deadlock_report(
+        self, item: pytest.Item | None, report: DeadlockReport
+    ) -> object | None:
+        if item is None:
+            summary(self.config).outside.append(report.text)
+            return True
+        record(item, "deadlock" if report.kind == "cycle" else "hang", deadlock_line(report))
+        pytest.fail(report.text, pytrace=False)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_netthreads_lock_order_report(
+        self, item: pytest.Item | None, report: LockOrderReport
+    ) -> object | None:
+        if item is None:
+            summary(self.config).outside.append(report.text)
+            return True
+        record(item, "lock_order", first_line(report.text))
+        pytest.fail(report.text, pytrace=False)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, object, object]:
+        if self.detector is not None:
+            try:
+                timeout, source = self._timeout_for(item)
+            except (TypeError, ValueError) as exc:
+                # Raised by the plain hook below, inside every wrapper: raising here, before
+                # other plugins' setup wrappers ran, would break their teardown.
+                item.stash[_MARKER_ERROR] = exc
+                timeout, source = None, _OPTION_SOURCE
+            self.detector.arm(item.nodeid, timeout, source=source)
+        return (yield from self._phase(item))
+
+    @pytest.hookimpl(tryfirst=True, specname="pytest_runtest_setup")
+    def pytest_runtest_setup_marker_error(self, item: pytest.Item) -> None:
+        exc = item.stash.get(_MARKER_ERROR, None)
+        if exc is not None:
+            del item.stash[_MARKER_ERROR]
+            # The message says it all: no traceback through the plugin's frames.
+            pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
+
+    # A debugger stops the clock: the deadline (and the interrupt) would hit the debugging
+    # session. As pytest's faulthandler_timeout and pytest-timeout do, the test is not
+    # watched again after a debugger started in it (cycles among other threads still are).
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_enter_pdb(self) -> None:
+        if self.detector is not None:
+            self.detector.disarm()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_exception_interact(self) -> None:
+        if self.detector is not None and self.config.getoption("usepdb", False):
+            self.detector.disarm()  # --pdb: post-mortem debugging follows
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
+        return (yield from self._phase(item))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
+        try:
+            return (yield from self._phase(item))
+        finally:
+            if self.detector is not None:
+                self.detector.disarm()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_terminal_summary(self) -> None:
+        self._collect(None)  # what is left goes to the one summary (printed after this)

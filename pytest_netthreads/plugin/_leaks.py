@@ -1,0 +1,248 @@
+"""``--thread-leak-check`` and ``--socket-leak-check``: who started what, checked at teardown."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Generator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ..detect.socketleak import format_socket_leaks
+from ..detect.threadleak import ThreadLeakChecker, compile_patterns, format_thread_leaks
+from . import _config
+from ._summary import record
+
+if TYPE_CHECKING:
+    from ..detect.socketleak import LeakedSocket
+    from ..detect.threadleak import LeakedThread
+
+_THREAD_LEAK_CHECKER = pytest.StashKey[ThreadLeakChecker]()
+_LEAK_OWNER = pytest.StashKey["_LeakOwner"]()
+
+
+def add_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
+    group.addoption(
+        "--thread-leak-check",
+        action="store_true",
+        default=None,
+        help="fail a test (at teardown) that leaves threads running; module/class/session-"
+        "scoped fixtures are checked when their scope ends (ini: thread_leak_check)",
+    )
+    group.addoption(
+        "--thread-leak-grace",
+        metavar="SECONDS",
+        default=None,
+        help="how long to wait (joining) for a test's threads to finish before calling them "
+        "(or sockets they still have open) leaked; default 1.0 (ini: thread_leak_grace)",
+    )
+    group.addoption(
+        "--socket-leak-check",
+        action="store_true",
+        default=None,
+        help="fail a test (at teardown) that leaves sockets it created open "
+        "(ini: socket_leak_check)",
+    )
+    parser.addini("thread_leak_check", "like --thread-leak-check", type="bool", default=False)
+    parser.addini("thread_leak_grace", "like --thread-leak-grace (seconds)", default="1.0")
+    parser.addini(
+        "thread_leak_ignore",
+        "regexes, one a line: threads whose name matches one (re.search) are never reported",
+        type="linelist",
+        default=[],
+    )
+    parser.addini("socket_leak_check", "like --socket-leak-check", type="bool", default=False)
+
+
+def configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "allow_thread_leak(*name_patterns): with --thread-leak-check, do not report the "
+        "threads this test (or module/class, as pytestmark) leaves running; with patterns "
+        "(regexes, re.search), only the threads whose name matches one",
+    )
+    threads = _config.flag(config, "thread_leak_check")
+    sockets = _config.flag(config, "socket_leak_check")
+    if not (threads or sockets):
+        return
+    grace = _config.seconds(config, "thread_leak_grace")
+    if grace is None:
+        grace = 1.0
+    try:
+        ignore = compile_patterns(config.getini("thread_leak_ignore"), "thread_leak_ignore")
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    checker = ThreadLeakChecker(grace=grace, sockets=sockets)
+    checker.ignore = ignore
+    config.stash[_THREAD_LEAK_CHECKER] = checker
+    checker.start()
+    config.add_cleanup(checker.stop)
+    config.pluginmanager.register(
+        _ThreadLeakPlugin(config, checker, threads=threads, sockets=sockets),
+        "netthreads-thread-leak",
+    )
+
+
+class _LeakOwner:
+    """Who started a thread: a test, or one execution of a higher-scoped fixture."""
+
+    __slots__ = ("label", "node")
+
+    def __init__(self, label: str, node: pytest.Item | pytest.Collector | None) -> None:
+        self.label = label
+        self.node = node
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def _allowed_threads(node: pytest.Item | pytest.Collector | None) -> list[re.Pattern[str]] | None:
+    """The name patterns ``allow_thread_leak`` markers allow; ``None``: every thread."""
+    if node is None:
+        return []
+    patterns: list[str] = []
+    for marker in node.iter_markers("allow_thread_leak"):
+        if not marker.args:
+            return None
+        patterns.extend(marker.args)
+    try:
+        return compile_patterns(patterns, f"@pytest.mark.allow_thread_leak on {node.nodeid}")
+    except (TypeError, ValueError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+class _ThreadLeakPlugin:
+    """The hooks of ``--thread-leak-check`` / ``--socket-leak-check`` (registered only then)."""
+
+    def __init__(
+        self, config: pytest.Config, checker: ThreadLeakChecker, *, threads: bool, sockets: bool
+    ) -> None:
+        self.config = config
+        self.checker = checker
+        self.threads = threads
+        self.sockets = sockets
+        self._scope_owners: dict[object, _LeakOwner] = {}
+        self._ended: list[_LeakOwner] = []
+        self._reports: list[str] = []
+        self._found: list[tuple[str, str]] = []  # (kind, summary line) for _record
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        # A higher-scoped fixture finalized during this setup (a parametrized one replaced by
+        # its next instance) is checked at this test's teardown: the test still runs.
+        owner = item.stash[_LEAK_OWNER] = _LeakOwner(item.nodeid, item)
+        self.checker.set_owner(owner)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
+        owner = item.stash.get(_LEAK_OWNER, None)
+        owners = [owner] if owner is not None else []
+        try:
+            result = yield
+        except BaseException as exc:
+            self.checker.set_owner(None)
+            self._check_owners(item, owners, in_flight=exc)
+            raise
+        self.checker.set_owner(None)
+        self._check_owners(item, owners, in_flight=None)
+        return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
+    ) -> Generator[None, object, object]:
+        if fixturedef.scope == "function":
+            return (yield)
+        node = request.node
+        where = node.nodeid or "the session"
+        label = f"{fixturedef.scope}-scoped fixture {fixturedef.argname!r} ({where})"
+        owner = _LeakOwner(label, node)
+        self._scope_owners[fixturedef] = owner
+        previous = self.checker.set_owner(owner)
+        try:
+            return (yield)
+        finally:
+            self.checker.set_owner(previous)
+
+    def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[object]) -> None:
+        owner = self._scope_owners.pop(fixturedef, None)
+        if owner is not None and self.checker.has_records(owner):
+            self._ended.append(owner)
+
+    def _check_owners(
+        self, item: pytest.Item, owners: list[_LeakOwner], in_flight: BaseException | None
+    ) -> None:
+        if self._ended:
+            owners = owners + self._ended
+            self._ended = []
+        for owner in owners:
+            self._check_owner(owner)
+        found, self._found = self._found, []
+        for kind, line in found:
+            record(item, kind, line)
+        reports, self._reports = self._reports, []
+        if not reports:
+            return
+        text = "\n\n".join(reports)
+        if in_flight is not None and _add_note(in_flight, text):
+            return  # the teardown's own error is kept; the leaks come after it
+        pytest.fail(text, pytrace=False)
+
+    def _check_owner(self, owner: _LeakOwner) -> None:
+        # A function of its own: the leaked threads and sockets stay referenced by nothing
+        # once it returns (not by the frames of the failure raised after it).
+        if not self.checker.has_records(owner):
+            return
+        # With --socket-leak-check alone every thread is allowed, but still joined (up to
+        # the grace) when a socket is open: an exiting thread may be what closes it.
+        allow = _allowed_threads(owner.node) if self.threads else None
+        threads, sockets = self.checker.check_all(owner, allow=allow)
+        hook = self.config.hook
+        if threads:
+            hook.pytest_netthreads_thread_leaks(
+                config=self.config, node=owner.node, owner=owner.label, leaks=threads
+            )
+        if sockets:
+            hook.pytest_netthreads_socket_leaks(
+                config=self.config, node=owner.node, owner=owner.label, leaks=sockets
+            )
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_netthreads_thread_leaks(self, owner: str, leaks: list[LeakedThread]) -> object:
+        if leaks:
+            self._reports.append(format_thread_leaks(owner, leaks, self.checker.grace))
+            self._found += [("thread_leak", _leak_line(owner, leak)) for leak in leaks]
+        return True
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_netthreads_socket_leaks(self, owner: str, leaks: list[LeakedSocket]) -> object:
+        if leaks:
+            self._reports.append(format_socket_leaks(owner, leaks))
+            self._found += [
+                ("socket_leak", f"{_by(owner)}{leak.description}, created at {leak.created_at}")
+                for leak in leaks
+            ]
+        return True
+
+
+def _add_note(exc: BaseException, text: str) -> bool:
+    """``exc.add_note(text)``; on Python 3.10 the ``__notes__`` list that pytest shows too."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(text)
+        return True
+    try:
+        notes = list(getattr(exc, "__notes__", ()))
+        exc.__notes__ = [*notes, text]  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        return False
+    return True
+
+
+def _by(owner: str) -> str:
+    # A test's own leaks are listed under its node id; a wider fixture's are named.
+    return "" if "-scoped fixture " not in owner else f"[{owner}] "
+
+
+def _leak_line(owner: str, leak: LeakedThread) -> str:
+    daemon = ", daemon" if leak.daemon else ""
+    return f"{_by(owner)}{leak.name!r} ({leak.target}{daemon}), started at {leak.started_at}"
