@@ -35,12 +35,16 @@ hookspec = pluggy.HookspecMarker("pytest")
 
 
 @hookspec
-def pytest_netthreads_server_started(server: ThreadedServer, item: pytest.Item) -> None:
+def pytest_netthreads_server_started(
+    config: pytest.Config, server: ThreadedServer, item: pytest.Item | pytest.Collector
+) -> None:
     """Called when a fixture (``echo_server``, ``server_factory``...) started ``server``.
 
     Args:
+        config: the pytest config.
         server: the started server (listening; ``server.address`` is set).
-        item: the pytest item (test) that owns it.
+        item: the pytest item (test) that owns it (the node of its scope for a
+            ``server_factory`` used by a wider-scoped fixture).
     """
 
 

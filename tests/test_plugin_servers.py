@@ -257,16 +257,17 @@ def test_server_started_hook(pytester: pytest.Pytester) -> None:
         """
         seen = []
 
-        def pytest_netthreads_server_started(server, item):
-            seen.append((item.name, server.port))
+        def pytest_netthreads_server_started(config, server, item):
+            seen.append((config.rootpath.name, item.name, server.port))
         """
     )
     pytester.makepyfile(
         """
         from conftest import seen
 
-        def test_a(echo_server):
-            assert seen == [("test_a", echo_server.port)]
+        def test_a(echo_server, request):
+            root = request.config.rootpath.name
+            assert seen == [(root, "test_a", echo_server.port)]
         """
     )
     result = pytester.runpytest("-p", "no:cacheprovider")

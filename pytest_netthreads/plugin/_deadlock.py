@@ -95,6 +95,7 @@ class _DeadlockPlugin:
         self.detector: DeadlockDetector | None = None
         self.checker = LockOrderChecker() if lock_order else None
         self._stderr_fd = -1
+        self._failures: list[str] = []  # reports the default hook implementations took
 
     def _new_detector(self, kill_grace: float) -> DeadlockDetector:
         # The process watchdog writes to the real stderr: a copy of it taken outside the
@@ -168,10 +169,8 @@ class _DeadlockPlugin:
                 (hook.pytest_netthreads_lock_order_report, r) for r in self.checker.take_reports()
             ]
         for caller, report in reports:
-            try:
-                caller(config=self.config, item=item, report=report)
-            except pytest.fail.Exception as exc:
-                failures.append(str(exc.msg))
+            caller(config=self.config, item=item, report=report)
+        failures, self._failures = self._failures, []
         return "\n".join(failures) if failures else None
 
     def _phase(self, item: pytest.Item) -> Generator[None, object, object]:
@@ -192,25 +191,28 @@ class _DeadlockPlugin:
             pytest.fail(failure, pytrace=False)
         return result
 
+    # The default implementations (trylast): the report fails the phase, after every hook
+    # had its say (as the leak checks' defaults do).
     @pytest.hookimpl(trylast=True)
     def pytest_netthreads_deadlock_report(
         self, item: pytest.Item | None, report: DeadlockReport
-    ) -> object | None:
-        if item is None:
-            summary(self.config).outside.append(report.text)
-            return True
-        record(item, "deadlock" if report.kind == "cycle" else "hang", deadlock_line(report))
-        pytest.fail(report.text, pytrace=False)
+    ) -> object:
+        kind = "deadlock" if report.kind == "cycle" else "hang"
+        return self._default_report(item, report.text, kind, deadlock_line(report))
 
     @pytest.hookimpl(trylast=True)
     def pytest_netthreads_lock_order_report(
         self, item: pytest.Item | None, report: LockOrderReport
-    ) -> object | None:
+    ) -> object:
+        return self._default_report(item, report.text, "lock_order", first_line(report.text))
+
+    def _default_report(self, item: pytest.Item | None, text: str, kind: str, line: str) -> object:
         if item is None:
-            summary(self.config).outside.append(report.text)
-            return True
-        record(item, "lock_order", first_line(report.text))
-        pytest.fail(report.text, pytrace=False)
+            summary(self.config).outside.append(text)
+        else:
+            record(item, kind, line)
+            self._failures.append(text)
+        return True
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, object, object]:

@@ -71,7 +71,9 @@ def own(node: pytest.Item | pytest.Collector | None, server: ThreadedServer) -> 
     if owned is None:
         owned = node.stash[_OWNED_SERVERS] = []
     owned.append(server)
-    node.config.hook.pytest_netthreads_server_started(server=server, item=node)
+    node.config.hook.pytest_netthreads_server_started(
+        config=node.config, server=server, item=node
+    )
 
 
 def runtest_call(item: pytest.Item) -> Generator[None, object, object]:
