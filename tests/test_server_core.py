@@ -355,11 +355,13 @@ def test_pool_serves_at_most_max_workers_at_once() -> None:
         srv.stop()
 
 
-def test_pool_stop_closes_queued_connections() -> None:
+def test_pool_stop_serves_then_closes_queued_connections() -> None:
     release = threading.Event()
+    served: list[int] = []
 
     def hold(conn: ServerConnection) -> None:
         release.wait(30)
+        served.append(conn.record.index)
 
     srv = ThreadedServer(hold, concurrency="pool", max_workers=1).start()
     clients = [connect(srv.address) for _ in range(3)]
@@ -367,7 +369,8 @@ def test_pool_stop_closes_queued_connections() -> None:
         srv.wait_for_connections(3)
         release.set()
         srv.stop(timeout=10)
-        assert all(r.closed for r in srv.connections)
+        assert sorted(served) == [0, 1, 2]  # the queued ones ran too, not cancelled
+        assert all(r.how_closed in ("server-stop", "handler") for r in srv.connections)
     finally:
         for client in clients:
             client.close()

@@ -1,9 +1,9 @@
 """One `selectors` loop per process that accepts for every server.
 
-Starting a thread costs about 0.1 ms here, more than everything else a fresh server needs.
-So servers do not own an accept thread: each registers its listening socket with this
-process-wide loop, which accepts and hands connections on (to a worker thread, a pool, or a
-native non-blocking handler that runs inside the loop itself).
+Starting a thread costs more than everything else a fresh server needs
+(``bench/bench_servers.py``). So servers do not own an accept thread: each registers its
+listening socket with this process-wide loop, which accepts and hands connections on (to a
+worker thread, a pool, or a native non-blocking handler that runs inside the loop itself).
 
 Thread-safety: the loop waits in ``select()`` without holding :attr:`Reactor.lock` and holds
 it while it dispatches a batch of events. Other threads register, modify and unregister under

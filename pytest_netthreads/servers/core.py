@@ -297,7 +297,7 @@ class ThreadedServer:
         self._state = "new"
         self._lock = threading.Lock()
         # Made on first use: most fixture servers never see a waiter or a worker, and these
-        # two are a fifth of the cost of a server that nobody connects to.
+        # two are a large part of the cost of a server that nobody connects to.
         self._changed_cond: threading.Condition | None = None
         self._stop_event: threading.Event | None = None
         self._stop_flag = False
