@@ -31,6 +31,7 @@ from pytest_netthreads.faults import (
     SlowClose,
     Stall,
     Timeout,
+    _connection,
 )
 from tests._util import recv_exactly
 
@@ -376,8 +377,8 @@ def test_an_error_in_a_proxy_callback_is_raised_by_stop(
 
     proxy = FaultProxy(echo).start()
     # The no-fault path and the general one: the bug is hit whichever the data takes.
-    monkeypatch.setattr(proxy, "_forward", broken)
-    monkeypatch.setattr(proxy, "_client_event", broken)
+    monkeypatch.setattr(_connection.Side, "forward", broken)
+    monkeypatch.setattr(_connection.Pipe, "read", broken)
     with _client(proxy) as sock:
         sock.sendall(b"x")
         with pytest.raises(ConnectionResetError):
