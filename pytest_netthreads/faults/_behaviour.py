@@ -3,7 +3,8 @@
 A fault spec (``specs.py``) is data; its behaviour is here. When a connection's pipe (one
 direction of one connection, ``_connection.py``) first meets a fault that applies to it, it
 draws whether the fault applies (``probability``) and, if so, makes the fault's behaviour
-for that pipe: ``BEHAVIOURS[type(fault)](fault, pipe)``. The pipe then calls the hooks
+for that pipe: ``BEHAVIOURS[type(fault)](fault, pipe)`` (or the behaviour of its nearest
+base class in the table). The pipe then calls the hooks
 below at fixed points, for its behaviours in the order their faults were added. Every hook
 does nothing by default; a kind overrides the ones it needs:
 
@@ -15,7 +16,7 @@ hook              asked                                               used by
 ``stop_at``       before each read: a read ends at this stream        Timeout, Stall,
                   offset, so an action lands exactly there            ResetPeer, LimitData
 ``stops_reading`` whether the pipe may read its source now            Stall
-``drops``         for each chunk read: drop it (and the rest)?        Timeout
+``drops``         for each chunk read: drop it?                       Timeout
 ``on_data``       for each chunk kept: change it, delay it, cut or    Corrupt, Latency,
                   pace it (:class:`Chunk`)                            Slice, Bandwidth
 ``mark``          after each read: queue a mark behind the data?      ResetPeer, LimitData
@@ -23,9 +24,10 @@ hook              asked                                               used by
 ``close_delay``   when the source ends (EOF): hold the FIN back       SlowClose
 ================  ==================================================  ====================
 
-Hooks run in the kit's event loop, under its lock. The seeded generator ``pipe.rng`` must be
-drawn from in the same order for the same input, so that a seed replays a run: a hook draws
-only in its own call, and ``on_data`` hooks run before any piece is cut.
+Hooks run in the kit's event loop, under its lock, and must not block. A pipe's behaviours
+share its seeded generator ``pipe.rng``; a seed replays a run because they draw from it in
+the same order for the same input: hooks run in the order of the faults, and every
+``on_data`` before the chunk is cut (``Chunk.cut``).
 
 A new fault kind is a spec class in ``specs.py``, a behaviour class here and its line in
 :data:`BEHAVIOURS` (see "Adding a fault" in ``docs/faults.rst``).
@@ -37,25 +39,12 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from .specs import (
-    Bandwidth,
-    Corrupt,
-    DelayConnect,
-    HoldConnect,
-    Latency,
-    LimitData,
-    ProxyFault,
-    ResetPeer,
-    Slice,
-    SlowClose,
-    Stall,
-    Timeout,
-)
+from . import specs
 
 if TYPE_CHECKING:
     from ._connection import Pipe
 
-F = TypeVar("F", bound=ProxyFault)
+F = TypeVar("F", bound=specs.ProxyFault)
 
 Pieces = list[tuple[float, int]]
 """How a chunk is cut: ``(delay after the first piece, length)`` for each piece."""
@@ -149,7 +138,7 @@ class Behaviour(Generic[F]):
 # -- the fault kinds ----------------------------------------------------------------------------
 
 
-class LatencyBehaviour(Behaviour[Latency]):
+class LatencyBehaviour(Behaviour[specs.Latency]):
     def on_data(self, chunk: Chunk) -> None:
         fault = self.fault
         jitter = self.pipe.rng.uniform(-fault.jitter, fault.jitter) if fault.jitter else 0.0
@@ -160,7 +149,7 @@ class LatencyBehaviour(Behaviour[Latency]):
 _BURST = 0.02  # seconds of data Bandwidth may send at once to catch up
 
 
-class BandwidthBehaviour(Behaviour[Bandwidth]):
+class BandwidthBehaviour(Behaviour[specs.Bandwidth]):
     def on_data(self, chunk: Chunk) -> None:
         self.log_once("applied", chunk.offset)
         rate = self.fault.bytes_per_second
@@ -187,7 +176,7 @@ class BandwidthBehaviour(Behaviour[Bandwidth]):
             pos += n
 
 
-class SliceBehaviour(Behaviour[Slice]):
+class SliceBehaviour(Behaviour[specs.Slice]):
     def on_data(self, chunk: Chunk) -> None:
         self.log_once("applied", chunk.offset)
         if chunk.cut is None:  # the first Slice cuts
@@ -207,7 +196,7 @@ class SliceBehaviour(Behaviour[Slice]):
         return pieces
 
 
-class CorruptBehaviour(Behaviour[Corrupt]):
+class CorruptBehaviour(Behaviour[specs.Corrupt]):
     def on_data(self, chunk: Chunk) -> None:
         fault, rng = self.fault, self.pipe.rng
         data = chunk.data
@@ -228,7 +217,7 @@ class CorruptBehaviour(Behaviour[Corrupt]):
             self.log("corrupt", where)
 
 
-class TimeoutBehaviour(Behaviour[Timeout]):
+class TimeoutBehaviour(Behaviour[specs.Timeout]):
     def stop_at(self) -> int:
         return self.fault.after_bytes
 
@@ -239,7 +228,7 @@ class TimeoutBehaviour(Behaviour[Timeout]):
         return True
 
 
-class StallBehaviour(Behaviour[Stall]):
+class StallBehaviour(Behaviour[specs.Stall]):
     def stop_at(self) -> int:
         return self.fault.after_bytes
 
@@ -250,7 +239,7 @@ class StallBehaviour(Behaviour[Stall]):
         return True
 
 
-class ResetPeerBehaviour(Behaviour[ResetPeer]):
+class ResetPeerBehaviour(Behaviour[specs.ResetPeer]):
     def stop_at(self) -> int:
         return self.fault.after_bytes
 
@@ -262,7 +251,7 @@ class ResetPeerBehaviour(Behaviour[ResetPeer]):
         self.pipe.conn.abort("fault-reset", None)
 
 
-class LimitDataBehaviour(Behaviour[LimitData]):
+class LimitDataBehaviour(Behaviour[specs.LimitData]):
     def stop_at(self) -> int:
         return self.fault.nbytes
 
@@ -282,44 +271,44 @@ class LimitDataBehaviour(Behaviour[LimitData]):
             other.send_fin()
 
 
-class SlowCloseBehaviour(Behaviour[SlowClose]):
+class SlowCloseBehaviour(Behaviour[specs.SlowClose]):
     def close_delay(self) -> float:
         return self.fault.seconds
 
 
-class HoldConnectBehaviour(Behaviour[HoldConnect]):
+class HoldConnectBehaviour(Behaviour[specs.HoldConnect]):
     connect = True
 
     def dial_wait(self) -> float:
         return math.inf
 
 
-class DelayConnectBehaviour(Behaviour[DelayConnect]):
+class DelayConnectBehaviour(Behaviour[specs.DelayConnect]):
     connect = True
 
     def dial_wait(self) -> float:
         return self.fault.seconds
 
 
-BEHAVIOURS: dict[type[ProxyFault], type[Behaviour[Any]]] = {
-    Latency: LatencyBehaviour,
-    Bandwidth: BandwidthBehaviour,
-    Slice: SliceBehaviour,
-    Corrupt: CorruptBehaviour,
-    Timeout: TimeoutBehaviour,
-    Stall: StallBehaviour,
-    ResetPeer: ResetPeerBehaviour,
-    LimitData: LimitDataBehaviour,
-    SlowClose: SlowCloseBehaviour,
-    HoldConnect: HoldConnectBehaviour,
-    DelayConnect: DelayConnectBehaviour,
+BEHAVIOURS: dict[type[specs.ProxyFault], type[Behaviour[Any]]] = {
+    specs.Latency: LatencyBehaviour,
+    specs.Bandwidth: BandwidthBehaviour,
+    specs.Slice: SliceBehaviour,
+    specs.Corrupt: CorruptBehaviour,
+    specs.Timeout: TimeoutBehaviour,
+    specs.Stall: StallBehaviour,
+    specs.ResetPeer: ResetPeerBehaviour,
+    specs.LimitData: LimitDataBehaviour,
+    specs.SlowClose: SlowCloseBehaviour,
+    specs.HoldConnect: HoldConnectBehaviour,
+    specs.DelayConnect: DelayConnectBehaviour,
 }
 """The behaviour of each kind of fault (a subclass of a kind behaves as that kind)."""
 
 
 def behaviour_of(fault: object) -> type[Behaviour[Any]]:
     """The behaviour class for ``fault``; ``TypeError`` for anything the proxy cannot apply."""
-    if not isinstance(fault, ProxyFault):
+    if not isinstance(fault, specs.ProxyFault):
         raise TypeError(
             f"faults must be proxy faults (faults.Latency(...), faults.ResetPeer(...)...), "
             f"got {fault!r}"
