@@ -4,9 +4,9 @@ A fault spec (``specs.py``) is data; its behaviour is here. When a connection's 
 direction of one connection, ``_connection.py``) first meets a fault that applies to it, it
 draws whether the fault applies (``probability``) and, if so, makes the fault's behaviour
 for that pipe: ``BEHAVIOURS[type(fault)](fault, pipe)`` (or the behaviour of its nearest
-base class in the table). The pipe then calls the hooks
-below at fixed points, for its behaviours in the order their faults were added. Every hook
-does nothing by default; a kind overrides the ones it needs:
+base class in the table). The pipe then calls the hooks below at fixed points, for its
+behaviours in the order their faults were added. Every hook does nothing by default; a kind
+overrides the ones it needs:
 
 ================  ==================================================  ====================
 hook              asked                                               used by
@@ -19,8 +19,9 @@ hook              asked                                               used by
 ``drops``         for each chunk read: drop it?                       Timeout
 ``on_data``       for each chunk kept: change it, delay it, cut or    Corrupt, Latency,
                   pace it (:class:`Chunk`)                            Slice, Bandwidth
-``mark``          after each read: queue a mark behind the data?      ResetPeer, LimitData
-``on_mark``       when that mark leaves the queue                     ResetPeer, LimitData
+``on_mark``       kinds with ``marks = True``: a mark is queued       ResetPeer, LimitData
+                  behind the data once the stream reaches
+                  ``stop_at()``; this runs when it leaves the queue
 ``close_delay``   when the source ends (EOF): hold the FIN back       SlowClose
 ================  ==================================================  ====================
 
@@ -82,12 +83,15 @@ class Behaviour(Generic[F]):
     connect: ClassVar[bool] = False
     """A connection fault: drawn once per connection (from the upstream generator, whatever
     its direction) and asked only :meth:`dial_wait`."""
+    marks: ClassVar[bool] = False
+    """Queue a mark behind the data once the stream reaches :meth:`stop_at` (then
+    :meth:`on_mark`)."""
 
     def __init__(self, fault: F, pipe: Pipe) -> None:
         self.fault = fault
         self.pipe = pipe
         self.logged = False  # see log_once
-        self.marked = False  # set by the pipe once mark() said yes
+        self.marked = False  # set by the pipe once it queued the mark
 
     def log(self, action: str, offset: int | None = None) -> None:
         """Add ``action`` to the proxy's fault log, at ``offset`` (default: the pipe's)."""
@@ -123,12 +127,8 @@ class Behaviour(Generic[F]):
     def on_data(self, chunk: Chunk) -> None:
         """Shape a chunk read from the source (see :class:`Chunk`)."""
 
-    def mark(self) -> bool:
-        """Whether to queue this fault's mark now, behind the data read so far."""
-        return False
-
     def on_mark(self) -> None:
-        """The mark left the queue: the data before it was sent."""
+        """The mark left the queue (``marks``): the data before it was sent."""
 
     def close_delay(self) -> float:
         """Seconds to hold back the FIN when the source ended (the longest counts)."""
@@ -240,11 +240,10 @@ class StallBehaviour(Behaviour[specs.Stall]):
 
 
 class ResetPeerBehaviour(Behaviour[specs.ResetPeer]):
+    marks = True
+
     def stop_at(self) -> int:
         return self.fault.after_bytes
-
-    def mark(self) -> bool:
-        return self.pipe.offset >= self.fault.after_bytes
 
     def on_mark(self) -> None:
         self.log("reset")
@@ -252,11 +251,10 @@ class ResetPeerBehaviour(Behaviour[specs.ResetPeer]):
 
 
 class LimitDataBehaviour(Behaviour[specs.LimitData]):
+    marks = True
+
     def stop_at(self) -> int:
         return self.fault.nbytes
-
-    def mark(self) -> bool:
-        return self.pipe.offset >= self.fault.nbytes
 
     def on_mark(self) -> None:
         pipe = self.pipe

@@ -185,9 +185,11 @@ class Pipe:
         if self.conn.state != "open":
             return
         for behaviour in self.active():
-            if not behaviour.marked and behaviour.mark():
-                behaviour.marked = True
-                self.push(self.last_ready, behaviour)
+            if behaviour.marks and not behaviour.marked:
+                at = behaviour.stop_at()
+                if at is not None and self.offset >= at:
+                    behaviour.marked = True
+                    self.push(self.last_ready, behaviour)
         self.flush()
 
     def push(self, at: float, item: Any) -> None:

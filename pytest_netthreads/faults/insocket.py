@@ -97,7 +97,7 @@ class SocketFaultRule:
         self._targets = targets
         self._match = match
 
-    def matches(self, peers: frozenset[Any]) -> bool:
+    def _matches(self, peers: frozenset[Any]) -> bool:
         if self._match is not None:
             return any(self._match(p) for p in peers)
         return self._targets is None or bool(self._targets & peers)
@@ -127,7 +127,7 @@ class _SocketState:
             return []
         with owner._lock:
             rules = list(owner._rules)
-        return [f for rule in rules if rule.matches(self.peers) for f in rule.faults]
+        return [f for rule in rules if rule._matches(self.peers) for f in rule.faults]
 
     def recv_limit(self, size: int) -> int:
         record = self.record
