@@ -656,9 +656,9 @@ def test_how_a_connection_ended_uses_the_documented_words(echo: ThreadedServer) 
             recv_exactly(sock, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         proxy.wait_for_connections(2, closed=True)
-        with proxy.add(ResetPeer()), socket.create_connection(proxy.address, timeout=10) as s:
-            with pytest.raises(ConnectionResetError):  # fault-reset
-                s.recv(1)
+        with proxy.add(ResetPeer()), pytest.raises(ConnectionResetError):  # fault-reset
+            with socket.create_connection(proxy.address, timeout=10) as s:
+                s.recv(1)  # (the reset can even beat connect() to it)
         proxy.wait_for_connections(3, closed=True)
         sock = socket.create_connection(proxy.address, timeout=10)
         try:
