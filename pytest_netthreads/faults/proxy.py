@@ -243,8 +243,9 @@ class FaultProxy:
         seed: seeds every connection's generators (``random.Random(f"{seed}:{index}:
             {direction}")``); ``None`` picks one at random, shown as :attr:`seed`.
         host, port: where the proxy listens (loopback, a free port by default).
-        name: a name for reports and the thread name.
-        stop_timeout: seconds :meth:`stop` waits for the proxy thread.
+        name: a name for reports.
+        stop_timeout: seconds :meth:`stop` waits for the event loop, if it is busy in a
+            callback (the proxy has no thread of its own).
         log_limit: the most events :attr:`log` keeps (the first ones are kept).
     """
 
@@ -260,7 +261,8 @@ class FaultProxy:
         log_limit: int = 10000,
     ) -> None:
         self._target_family, self._target = _resolve_target(target)
-        entries = [behaviour_of(fault) for fault in faults]
+        self._ids = itertools.count()
+        self._faults = self._entries(faults)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
         _values.port(port, "port")
@@ -279,10 +281,6 @@ class FaultProxy:
         self._name = name
         self.stop_timeout = float(stop_timeout)
         self._log_limit = log_limit
-        self._ids = itertools.count()
-        self._faults: list[FaultEntry] = [
-            (next(self._ids), fault, kind) for fault, kind in zip(faults, entries)
-        ]
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._log: list[FaultEvent] = []
@@ -380,8 +378,7 @@ class FaultProxy:
         Returns a :class:`ProxyFaultHandle`; ``with proxy.add(faults.Latency(0.1)):``
         removes them at the end of the block (``handle.remove()`` does it by hand).
         """
-        kinds = [behaviour_of(fault) for fault in faults]
-        entries = [(next(self._ids), fault, kind) for fault, kind in zip(faults, kinds)]
+        entries = self._entries(faults)
 
         def change() -> None:
             with self._lock:
@@ -410,6 +407,11 @@ class FaultProxy:
         with self._lock:
             ids = [entry[0] for entry in self._faults]
         self._remove_ids(ids)
+
+    def _entries(self, faults: tuple[ProxyFault, ...]) -> list[FaultEntry]:
+        """Each fault with an id and its behaviour (``TypeError`` for one it cannot apply)."""
+        kinds = [behaviour_of(fault) for fault in faults]
+        return [(next(self._ids), fault, kind) for fault, kind in zip(faults, kinds)]
 
     def _remove_ids(self, ids: list[int]) -> None:
         def change() -> None:
