@@ -98,15 +98,15 @@ def test_an_error_in_a_proxy_callback_fails_the_test(pytester: pytest.Pytester) 
     pytester.makepyfile(
         """
         import socket
-        from pytest_netthreads.faults import FaultProxy
+        from pytest_netthreads.faults import _connection
 
         def test_broken(echo_server, fault_proxy, monkeypatch):
             def broken(*args):
                 raise RuntimeError("bug inside the proxy")
 
             # The no-fault path and the general one.
-            monkeypatch.setattr(FaultProxy, "_forward", broken)
-            monkeypatch.setattr(FaultProxy, "_client_event", broken)
+            monkeypatch.setattr(_connection.Side, "forward", broken)
+            monkeypatch.setattr(_connection.Pipe, "read", broken)
             proxy = fault_proxy(echo_server)
             with socket.create_connection(proxy.address, timeout=10) as sock:
                 sock.sendall(b"x")

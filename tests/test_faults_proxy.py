@@ -6,16 +6,19 @@ assertion is a lower bound (the proxy must not deliver early), which load cannot
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import socket
+import struct
 import threading
 import time
+import typing
 from collections.abc import Iterator
 
 import pytest
 
-from pytest_netthreads import ServerConnection, ThreadedServer, handlers
+from pytest_netthreads import ServerConnection, ThreadedServer, faults, handlers
 from pytest_netthreads._runtime.reactor import get_reactor, shutdown_reactor_if_idle
 from pytest_netthreads.faults import (
     Bandwidth,
@@ -26,11 +29,16 @@ from pytest_netthreads.faults import (
     Latency,
     LimitData,
     ProxyError,
+    ProxyFault,
     ResetPeer,
     Slice,
     SlowClose,
     Stall,
     Timeout,
+    _behaviour,
+    _connection,
+    insocket,
+    specs,
 )
 from tests._util import recv_exactly
 
@@ -376,8 +384,8 @@ def test_an_error_in_a_proxy_callback_is_raised_by_stop(
 
     proxy = FaultProxy(echo).start()
     # The no-fault path and the general one: the bug is hit whichever the data takes.
-    monkeypatch.setattr(proxy, "_forward", broken)
-    monkeypatch.setattr(proxy, "_client_event", broken)
+    monkeypatch.setattr(_connection.Side, "forward", broken)
+    monkeypatch.setattr(_connection.Pipe, "read", broken)
     with _client(proxy) as sock:
         sock.sendall(b"x")
         with pytest.raises(ConnectionResetError):
@@ -545,3 +553,153 @@ def test_a_cancelled_loop_timer_does_not_run_and_errors_go_to_their_owner() -> N
     assert done.wait(10)
     assert ran == []
     assert [str(exc) for exc in errors] == ["timer bug"]
+
+
+# -- fault kinds and their behaviours; records and handles ------------------------------------
+
+
+def _kinds() -> list[type[ProxyFault]]:
+    found = [getattr(specs, name) for name in specs.__all__]
+    bases = (ProxyFault, specs.ConnectFault)
+    return [k for k in found if isinstance(k, type) and issubclass(k, ProxyFault)
+            and k not in bases]
+
+
+@pytest.mark.parametrize("kind", _kinds(), ids=lambda k: k.__name__)
+def test_every_proxy_fault_kind_has_its_own_behaviour(kind: type[ProxyFault]) -> None:
+    behaviour = _behaviour.BEHAVIOURS[kind]
+    assert behaviour is not _behaviour.Behaviour
+    # A connection fault is asked before the target is dialed, and only then.
+    assert behaviour.connect == issubclass(kind, specs.ConnectFault)
+
+
+def test_a_fault_kind_without_a_behaviour_is_refused_where_it_is_given(
+    echo: ThreadedServer,
+) -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Mystery(ProxyFault):
+        pass
+
+    with pytest.raises(TypeError, match="Mystery has no proxy behaviour"):
+        FaultProxy(echo, Mystery())
+    with FaultProxy(echo) as proxy:
+        with pytest.raises(TypeError, match="Mystery has no proxy behaviour"):
+            proxy.add(Latency(0.01), Mystery())
+        assert proxy.faults == ()  # nothing of the call was added
+
+    @dataclasses.dataclass(frozen=True)
+    class SlowerLatency(Latency):  # a subclass of a kind behaves as that kind
+        pass
+
+    with FaultProxy(echo, SlowerLatency(0.01)) as proxy:
+        with socket.create_connection(proxy.address, timeout=10) as sock:
+            sock.sendall(b"x")
+            assert recv_exactly(sock, 1) == b"x"
+        assert [e.action for e in proxy.log] == ["applied"]
+
+
+# What version 5e535af (before the faults had behaviours) made of this run with seed 1234:
+# the fault log of each connection and direction, and the bytes the client got back (a hash).
+# The same seed must replay it: same draws from each pipe's generator, in the same order.
+_REPLAY_LOG = {
+    "0:downstream": "0:skipped 0:skipped 0:chosen 0:corrupt 0:applied 0:applied 21:corrupt "
+    "51:corrupt",
+    "0:upstream": "0:skipped 0:chosen 14:corrupt 0:applied 27:corrupt 38:corrupt",
+    "1:downstream": "0:chosen 0:chosen 0:chosen 0:applied 0:applied 0:applied 49:corrupt",
+    "1:upstream": "0:skipped 0:skipped 0:applied 25:corrupt 50:corrupt",
+    "2:downstream": "0:skipped 0:skipped 0:chosen 0:applied 0:applied 32:corrupt 34:corrupt "
+    "43:corrupt",
+    "2:upstream": "0:chosen 0:skipped 0:applied 23:corrupt 30:corrupt 57:corrupt",
+    "3:downstream": "0:chosen 0:chosen 0:chosen 0:applied 0:applied 0:applied 18:corrupt "
+    "20:corrupt 33:corrupt 46:corrupt",
+    "3:upstream": "0:chosen 0:skipped 0:applied 35:corrupt 37:corrupt",
+}
+_REPLAY_DATA = "55321725a7ccbe7f5c968ffd94475b4444a831686aca319c19de73ea581a9cca"
+
+
+def test_a_seed_replays_the_draws_of_the_version_before_behaviours(echo: ThreadedServer) -> None:
+    # Probability draws, per-byte corruption, jitter and slice variation, all from each
+    # pipe's seeded generator. Each message waits for its echo, so every read is one message
+    # and the draws depend on the seed alone.
+    plan = (
+        LimitData(10**6, probability=0.5, direction="both"),
+        Corrupt(rate=0.05, direction="both"),
+        Latency(0.001, jitter=0.001, direction="both"),
+        Slice(3, variation=2),
+        Bandwidth(10**7, probability=0.5),
+        Stall(10**6, probability=0.5, direction="both"),
+    )
+    got = b""
+    with FaultProxy(echo, *plan, seed=1234) as proxy:
+        for _ in range(4):
+            with socket.create_connection(proxy.address, timeout=10) as sock:
+                for i in range(4):
+                    sock.sendall(bytes([i]) * 16)
+                    got += recv_exactly(sock, 16)
+        proxy.wait_for_connections(4, closed=True)
+        log = proxy.log
+    pipes: dict[str, list[str]] = {}
+    for e in log:
+        pipes.setdefault(f"{e.connection}:{e.direction}", []).append(f"{e.offset}:{e.action}")
+    assert {key: " ".join(actions) for key, actions in pipes.items()} == _REPLAY_LOG
+    assert hashlib.sha256(got).hexdigest() == _REPLAY_DATA
+
+
+def test_how_a_connection_ended_uses_the_documented_words(echo: ThreadedServer) -> None:
+    with FaultProxy(echo) as proxy:
+        with socket.create_connection(proxy.address, timeout=10) as sock:  # eof
+            sock.sendall(b"a")
+            recv_exactly(sock, 1)
+        proxy.wait_for_connections(1, closed=True)
+        with socket.create_connection(proxy.address, timeout=10) as sock:  # reset
+            sock.sendall(b"b")
+            recv_exactly(sock, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        proxy.wait_for_connections(2, closed=True)
+        with proxy.add(ResetPeer()), pytest.raises(ConnectionResetError):  # fault-reset
+            with socket.create_connection(proxy.address, timeout=10) as s:
+                s.recv(1)  # (the reset can even beat connect() to it)
+        proxy.wait_for_connections(3, closed=True)
+        sock = socket.create_connection(proxy.address, timeout=10)
+        try:
+            sock.sendall(b"d")
+            recv_exactly(sock, 1)
+            proxy.stop()  # proxy-stop
+        finally:
+            sock.close()
+    seen = [record.how_closed for record in proxy.connections]
+    assert seen == ["eof", "reset", "fault-reset", "proxy-stop"]
+    assert set(seen) <= set(typing.get_args(faults.ProxyHowClosed))
+
+
+def test_add_returns_a_public_handle(echo: ThreadedServer) -> None:
+    with FaultProxy(echo) as proxy:
+        handle = proxy.add(Latency(0.01))
+        assert isinstance(handle, faults.ProxyFaultHandle)
+        handle.remove()
+        handle.remove()  # idempotent
+        assert proxy.faults == ()
+    with faults.SocketFaults() as socket_faults:
+        rule = socket_faults.add(faults.RecvChunks([1]), address=echo.address)
+        assert isinstance(rule, faults.SocketFaultRule)
+        assert rule.faults == (faults.RecvChunks([1]),)
+        with socket.create_connection(echo.address, timeout=10) as sock:
+            sock.sendall(b"ab")
+            assert sock.recv(100) == b"a"  # cut after one byte
+            rule.remove()
+            assert recv_exactly(sock, 1) == b"b"
+            sock.sendall(b"cd")
+            assert recv_exactly(sock, 2) == b"cd"
+
+
+def test_the_public_names_exist_and_dead_ones_are_gone() -> None:
+    for module in (faults, specs, insocket):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, (module.__name__, name)
+    assert {"ProxyFaultHandle", "SocketFaultRule", "ProxyHowClosed", "ConnectFault"} <= set(
+        faults.__all__
+    )
+    assert set(specs.__all__) <= set(faults.__all__)
+    # It exempted the calling thread; nothing called it since the proxy dials through the
+    # C connect_ex (faults/_connection.py), which SocketFaults never sees.
+    assert not hasattr(insocket, "exempt_current_thread")

@@ -64,3 +64,36 @@ def test_faults_are_frozen_and_compare_by_value() -> None:
     assert not faults.ResetPeer().applies_to("upstream")
     assert faults.Stall(direction="both").applies_to("downstream")
     assert faults.RecvChunks([1, 2]).sizes == (1, 2)
+
+
+def test_positional_fields_keep_their_order_and_the_shared_ones_are_keyword_only() -> None:
+    assert faults.Latency(0.05, 0.01) == faults.Latency(seconds=0.05, jitter=0.01)
+    assert faults.Slice(3, 1, 0.01) == faults.Slice(size=3, variation=1, delay=0.01)
+    assert faults.Corrupt((1,), 0.5, 0x0F) == faults.Corrupt(offsets=(1,), rate=0.5, mask=0x0F)
+    assert faults.Timeout(3).after_bytes == faults.ResetPeer(3).after_bytes == 3
+    with pytest.raises(TypeError):
+        faults.Latency(0.05, 0.0, "both")  # type: ignore[misc]
+    # Each kind keeps its own default direction.
+    assert faults.Latency(0.05).direction == "downstream"
+    assert faults.Stall().direction == "upstream"
+    assert faults.HoldConnect().direction == faults.DelayConnect(1).direction == "both"
+
+
+def test_the_repr_in_fault_logs_is_unchanged() -> None:
+    # Fault logs and failure reports show faults by their repr; direction and probability
+    # (fields of the base class now) still come last.
+    assert repr(faults.Slice(3, 1, 0.01, direction="both")) == (
+        "Slice(size=3, variation=1, delay=0.01, direction='both', probability=1.0)"
+    )
+    assert repr(faults.ResetPeer(after_bytes=4)) == (
+        "ResetPeer(after_bytes=4, direction='downstream', probability=1.0)"
+    )
+    assert repr(faults.HoldConnect()) == "HoldConnect(direction='both', probability=1.0)"
+
+
+def test_connection_faults_share_a_base_and_accept_a_direction() -> None:
+    for fault in (faults.HoldConnect(), faults.DelayConnect(0.1, direction="upstream")):
+        assert isinstance(fault, faults.ConnectFault)
+    assert not isinstance(faults.Latency(0.1), faults.ConnectFault)
+    with pytest.raises(ValueError, match="direction must be one"):
+        faults.HoldConnect(direction="sideways")  # type: ignore[arg-type]

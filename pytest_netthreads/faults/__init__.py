@@ -1,6 +1,7 @@
 """Socket fault injection (``from pytest_netthreads import faults``).
 
-- Fault specs: frozen dataclasses validated when made (:mod:`.specs`).
+- Fault specs: frozen dataclasses validated when made (:mod:`.specs`; every name in its
+  ``__all__`` is also here).
 - :class:`FaultProxy`: a TCP proxy in front of any server that applies proxy faults.
 - :class:`SocketFaults`: in-process faults on the sockets the code under test connects.
 - :mod:`pytest_netthreads.faults.strategies`: Hypothesis strategies (imports hypothesis).
@@ -8,53 +9,28 @@
 
 from __future__ import annotations
 
-from .insocket import FaultedSocket, SocketFaultEvent, SocketFaults
-from .proxy import FaultEvent, FaultProxy, ProxyConnection, ProxyError
-from .specs import (
-    Bandwidth,
-    Corrupt,
-    DelayConnect,
-    Direction,
-    HoldConnect,
-    Latency,
-    LimitData,
-    ProxyFault,
-    RecvChunks,
-    RecvError,
-    ResetPeer,
-    SendError,
-    ShortSends,
-    Slice,
-    SlowClose,
-    SocketFault,
-    Stall,
-    Timeout,
+from . import specs
+from .insocket import FaultedSocket, SocketFaultEvent, SocketFaultRule, SocketFaults
+from .proxy import (
+    FaultEvent,
+    FaultProxy,
+    ProxyConnection,
+    ProxyError,
+    ProxyFaultHandle,
+    ProxyHowClosed,
 )
+from .specs import *  # noqa: F403 (the specs, listed once: specs.__all__)
 
 __all__ = [
-    "Bandwidth",
-    "Corrupt",
-    "DelayConnect",
-    "Direction",
     "FaultEvent",
     "FaultProxy",
     "FaultedSocket",
-    "HoldConnect",
-    "Latency",
-    "LimitData",
     "ProxyConnection",
     "ProxyError",
-    "ProxyFault",
-    "RecvChunks",
-    "RecvError",
-    "ResetPeer",
-    "SendError",
-    "ShortSends",
-    "Slice",
-    "SlowClose",
-    "SocketFault",
+    "ProxyFaultHandle",
+    "ProxyHowClosed",
     "SocketFaultEvent",
+    "SocketFaultRule",
     "SocketFaults",
-    "Stall",
-    "Timeout",
+    *specs.__all__,
 ]

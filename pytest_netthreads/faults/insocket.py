@@ -5,8 +5,9 @@ segments), so :class:`SocketFaults` acts on the client's own sockets. While inst
 patches methods of :class:`socket.socket` and :class:`ssl.SSLSocket` *in place* (the classes
 stay the same objects, so ``isinstance`` checks elsewhere keep working):
 
-- ``connect``/``connect_ex`` note each client socket the code under test connects (threads
-  of the kit itself, such as a :class:`~pytest_netthreads.faults.FaultProxy`, are exempt);
+- ``connect``/``connect_ex`` note each client socket the code under test connects (a
+  :class:`~pytest_netthreads.faults.FaultProxy` dials its target through the C method, so
+  its own connections are never noted);
 - ``recv``/``recv_into``/``send``/``sendall`` of a noted socket consult the fault rules
   whose address matches its peer; other sockets take a fast path to the original methods.
 
@@ -41,16 +42,9 @@ _SSL_ORIGINAL: dict[str, Any] = {
 }
 _PATCHED_PLAIN = ("connect", "connect_ex", "recv", "recv_into", "send", "sendall")
 
-_exempt: set[int] = set()
 _states: weakref.WeakKeyDictionary[socket.socket, _SocketState] = weakref.WeakKeyDictionary()
 _installed: list[SocketFaults] = []
 _install_lock = threading.Lock()
-
-
-def exempt_current_thread() -> None:
-    """Sockets that the calling thread connects are never faulted (the kit's own threads)."""
-    _exempt.add(threading.get_ident())
-    weakref.finalize(threading.current_thread(), _exempt.discard, threading.get_ident())
 
 
 @dataclass(frozen=True)
@@ -84,34 +78,37 @@ class FaultedSocket:
     send_calls: int = 0
 
 
-class _Rule:
+class SocketFaultRule:
+    """What :meth:`SocketFaults.add` returns: its faults, for the sockets it matches.
+
+    :meth:`remove` takes the rule out (so does the end of a ``with`` block).
+    """
+
     def __init__(
         self,
+        owner: SocketFaults,
         faults: tuple[SocketFault, ...],
         targets: set[Any] | None,
         match: Callable[[Any], bool] | None,
     ) -> None:
-        self.faults = faults
-        self.targets = targets
-        self.match = match
-
-    def matches(self, peers: frozenset[Any]) -> bool:
-        if self.match is not None:
-            return any(self.match(p) for p in peers)
-        return self.targets is None or bool(self.targets & peers)
-
-
-class _FaultHandle:
-    def __init__(self, owner: SocketFaults, rule: _Rule) -> None:
         self._owner = owner
-        self._rule = rule
+        self.faults = faults
+        """The faults, in the order given."""
+        self._targets = targets
+        self._match = match
+
+    def _matches(self, peers: frozenset[Any]) -> bool:
+        if self._match is not None:
+            return any(self._match(p) for p in peers)
+        return self._targets is None or bool(self._targets & peers)
 
     def remove(self) -> None:
+        """Take the rule out (sockets it matched behave normally again). Idempotent."""
         with self._owner._lock:
-            if self._rule in self._owner._rules:
-                self._owner._rules.remove(self._rule)
+            if self in self._owner._rules:
+                self._owner._rules.remove(self)
 
-    def __enter__(self) -> _FaultHandle:
+    def __enter__(self) -> SocketFaultRule:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -130,7 +127,7 @@ class _SocketState:
             return []
         with owner._lock:
             rules = list(owner._rules)
-        return [f for rule in rules if rule.matches(self.peers) for f in rule.faults]
+        return [f for rule in rules if rule._matches(self.peers) for f in rule.faults]
 
     def recv_limit(self, size: int) -> int:
         record = self.record
@@ -258,7 +255,7 @@ class SocketFaults:
         match: Callable[[Any], bool] | None = None,
     ) -> None:
         self._lock = threading.Lock()
-        self._rules: list[_Rule] = []
+        self._rules: list[SocketFaultRule] = []
         self._log: list[SocketFaultEvent] = []
         self._sockets: list[FaultedSocket] = []
         self.installed = False
@@ -269,11 +266,11 @@ class SocketFaults:
 
     def add(
         self, *faults: SocketFault, address: Any = None, match: Callable[[Any], bool] | None = None
-    ) -> _FaultHandle:
+    ) -> SocketFaultRule:
         """Add a rule: ``faults`` for sockets connected to ``address`` (default: any).
 
-        Acts on sockets already connected too. Returns a handle; ``with sf.add(...):``
-        removes the rule at the end of the block.
+        Acts on sockets already connected too. Returns the :class:`SocketFaultRule`;
+        ``with sf.add(...):`` removes it at the end of the block.
         """
         if not faults:
             raise ValueError("add() needs at least one fault")
@@ -288,10 +285,10 @@ class SocketFaults:
         if match is not None and not callable(match):
             raise TypeError(f"match must be a callable taking the peer address, got {match!r}")
         targets = None if address is None else set(_peers(address))
-        rule = _Rule(tuple(faults), targets, match)
+        rule = SocketFaultRule(self, tuple(faults), targets, match)
         with self._lock:
             self._rules.append(rule)
-        return _FaultHandle(self, rule)
+        return rule
 
     def clear(self) -> None:
         """Remove every rule (sockets behave normally again)."""
@@ -353,7 +350,7 @@ class SocketFaults:
 
 
 def _note(sock: socket.socket, address: Any) -> None:
-    if threading.get_ident() in _exempt or not _installed:
+    if not _installed:
         return
     if sock.type != socket.SOCK_STREAM:
         return
@@ -490,4 +487,4 @@ def patched() -> bool:
     return "recv" in socket.socket.__dict__
 
 
-__all__ = ["FaultedSocket", "SocketFaultEvent", "SocketFaults", "exempt_current_thread", "patched"]
+__all__ = ["FaultedSocket", "SocketFaultEvent", "SocketFaultRule", "SocketFaults", "patched"]

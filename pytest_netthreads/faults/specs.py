@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal, Union
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Union
 
 Direction = Literal["downstream", "upstream", "both"]
 _DIRECTIONS = ("downstream", "upstream", "both")
@@ -45,23 +45,66 @@ def _check_int(name: str, value: object, *, minimum: int = 0) -> None:
 
 @dataclass(frozen=True)
 class ProxyFault:
-    """Base class of the faults a :class:`~pytest_netthreads.faults.FaultProxy` applies."""
+    """Base class of the faults a :class:`~pytest_netthreads.faults.FaultProxy` applies.
+
+    Its two fields are keyword-only (``Latency(0.05, direction="both")``), so a subclass
+    declares only its own fields, which keep their positional order. A subclass may give
+    ``direction`` another default by declaring it again with ``field(default=...,
+    kw_only=True)``. What the proxy does with a fault is its behaviour, in
+    ``faults/_behaviour.py`` (see "Adding a fault" in the docs).
+    """
+
+    direction: Direction = field(default="downstream", kw_only=True)
+    """``"downstream"`` (server to client), ``"upstream"`` (client to server) or ``"both"``."""
+    probability: float = field(default=1.0, kw_only=True)
+    """The chance that the fault applies to a connection and direction (drawn once, from the
+    connection's seeded generator)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Set before @dataclass runs, which then keeps it ("if the class already defines
+        # __repr__, this parameter is ignored"): see _repr.
+        if "__repr__" not in cls.__dict__:
+            cls.__repr__ = _repr  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        direction = getattr(self, "direction", "both")
-        if direction not in _DIRECTIONS:
-            raise ValueError(f"direction must be one of {_DIRECTIONS}, got {direction!r}")
-        _check_number("probability", getattr(self, "probability", 1.0), maximum=1.0)
+        if self.direction not in _DIRECTIONS:
+            raise ValueError(f"direction must be one of {_DIRECTIONS}, got {self.direction!r}")
+        _check_number("probability", self.probability, maximum=1.0)
 
     @property
     def chance(self) -> float:
-        """The ``probability`` field every subclass has (typed here for the base class)."""
-        return float(getattr(self, "probability", 1.0))
+        """``probability`` as a float."""
+        return float(self.probability)
 
     def applies_to(self, direction: str) -> bool:
         """Whether the fault acts on the ``"upstream"`` or ``"downstream"`` byte stream."""
-        mine: str = getattr(self, "direction", "both")
+        mine = self.direction
         return mine == "both" or mine == direction
+
+
+def _repr(fault: ProxyFault) -> str:
+    """The dataclass repr with the keyword-only fields last, where they always were.
+
+    Fault logs and failure reports show faults by their repr
+    (``ResetPeer(after_bytes=4, direction='downstream', probability=1.0)``).
+    """
+    shown = [f for f in fields(fault) if f.repr]
+    shown.sort(key=lambda f: bool(f.kw_only))  # stable: each group keeps its order
+    inside = ", ".join(f"{f.name}={getattr(fault, f.name)!r}" for f in shown)
+    return f"{type(fault).__qualname__}({inside})"
+
+
+@dataclass(frozen=True)
+class ConnectFault(ProxyFault):
+    """Base class of the faults that act on setting up a connection, before any byte flows.
+
+    Such a fault acts once per connection, whatever its ``direction`` (accepted and shown for
+    compatibility, ``"both"`` by default; it is not used); ``probability`` is drawn once per
+    connection.
+    """
+
+    direction: Direction = field(default="both", kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -73,8 +116,6 @@ class Latency(ProxyFault):
 
     seconds: float
     jitter: float = 0.0
-    direction: Direction = "downstream"
-    probability: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,8 +134,6 @@ class Bandwidth(ProxyFault):
     """
 
     bytes_per_second: float
-    direction: Direction = "downstream"
-    probability: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -112,8 +151,6 @@ class Slice(ProxyFault):
     size: int
     variation: int = 0
     delay: float = 0.0
-    direction: Direction = "downstream"
-    probability: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -134,8 +171,6 @@ class Timeout(ProxyFault):
     """
 
     after_bytes: int = 0
-    direction: Direction = "downstream"
-    probability: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -147,8 +182,7 @@ class Stall(ProxyFault):
     """Forward ``after_bytes``, then stop reading: the sender's buffers fill and it blocks."""
 
     after_bytes: int = 0
-    direction: Direction = "upstream"
-    probability: float = 1.0
+    direction: Direction = field(default="upstream", kw_only=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -163,8 +197,6 @@ class ResetPeer(ProxyFault):
     """
 
     after_bytes: int = 0
-    direction: Direction = "downstream"
-    probability: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -176,8 +208,6 @@ class LimitData(ProxyFault):
     """Forward ``nbytes``, then close gracefully: both peers get a FIN (``recv`` returns b"")."""
 
     nbytes: int
-    direction: Direction = "downstream"
-    probability: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -189,8 +219,6 @@ class SlowClose(ProxyFault):
     """Pass a peer's FIN (or close) on only ``seconds`` after it arrived."""
 
     seconds: float
-    direction: Direction = "downstream"
-    probability: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -209,8 +237,6 @@ class Corrupt(ProxyFault):
     offsets: tuple[int, ...] = ()
     rate: float = 0.0
     mask: int = 0xFF
-    direction: Direction = "downstream"
-    probability: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -227,15 +253,10 @@ class Corrupt(ProxyFault):
 
 
 @dataclass(frozen=True)
-class DelayConnect(ProxyFault):
-    """Accept, then dial the target only ``seconds`` later (a slow connection set-up).
-
-    ``direction`` is not used (it is a connection fault); ``probability`` is per connection.
-    """
+class DelayConnect(ConnectFault):
+    """Accept, then dial the target only ``seconds`` later (a slow connection set-up)."""
 
     seconds: float
-    direction: Direction = "both"
-    probability: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -243,14 +264,11 @@ class DelayConnect(ProxyFault):
 
 
 @dataclass(frozen=True)
-class HoldConnect(ProxyFault):
+class HoldConnect(ConnectFault):
     """Accept, then hold: the target is not dialed and nothing is forwarded while it is active.
 
     Connections held when the fault is removed go on normally (they dial the target then).
     """
-
-    direction: Direction = "both"
-    probability: float = 1.0
 
 
 # -- in-process socket faults ---------------------------------------------------------------
@@ -350,6 +368,7 @@ SocketFault = Union[RecvChunks, ShortSends, RecvError, SendError]  # noqa: UP007
 
 __all__ = [
     "Bandwidth",
+    "ConnectFault",
     "Corrupt",
     "DelayConnect",
     "Direction",
