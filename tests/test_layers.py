@@ -7,8 +7,11 @@
     hookspecs         imports nothing of the package at run time
 
 No module imports a private module (``_name``) or a private name of another package, and the
-import graph has no cycle. Imports under ``if TYPE_CHECKING:`` are for the type checker only
-and do not count; imports inside functions do.
+import graph has no cycle. Inside a package, a module may import its package's private
+modules, but uses no private name (``_name``) of a sibling module, imported or reached as an
+attribute (``locks._waits``): what siblings share is public in the module that defines it.
+Imports under ``if TYPE_CHECKING:`` are for the type checker only and do not count; imports
+inside functions do.
 """
 
 from __future__ import annotations
@@ -69,6 +72,15 @@ def _type_checking(node: ast.If) -> bool:
     )
 
 
+def resolve(node: ast.ImportFrom, package: str) -> str:
+    """The module a ``from ... import`` reads from (relative to ``package``)."""
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def imports_of(path: Path, source: str | None = None) -> Iterator[Import]:
     """The imports in ``path``, read as module ``source`` (by default: where it lies)."""
     source = source or module_name(path)
@@ -87,12 +99,7 @@ def imports_of(path: Path, source: str | None = None) -> Iterator[Import]:
             for alias in node.names:
                 yield Import(source, alias.name, (), node.lineno, lazy)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = resolve(node, package)
             names = tuple(a.name for a in node.names)
             yield Import(source, target, names, node.lineno, lazy)
             for name in names:  # ``from . import values``: the submodule is imported
@@ -155,6 +162,45 @@ def test_no_private_module_or_name_of_another_package_is_imported() -> None:
     assert bad == []
 
 
+def private_uses(path: Path, source: str | None = None) -> Iterator[str]:
+    """``module._name`` uses of the package's own modules in ``path``: imported by name
+    (``from .locks import _allocate``) or reached as an attribute (``locks._waits``)."""
+    source = source or module_name(path)
+    package = source if path.name == "__init__.py" else source.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    modules: dict[str, str] = {}  # a local name -> the package's module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            target = resolve(node, package)
+            if not target.startswith(PACKAGE):
+                continue
+            for alias in node.names:
+                name = alias.name
+                if is_module(f"{target}.{name}"):
+                    modules[alias.asname or name] = f"{target}.{name}"
+                elif name.startswith("_") and not name.startswith("__") and target != source:
+                    yield f"{source}:{node.lineno} imports {target}.{name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname and alias.name.startswith(PACKAGE + "."):
+                    modules[alias.asname] = alias.name
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and not is_module(f"{modules[node.value.id]}.{node.attr}")
+        ):
+            yield f"{source}:{node.lineno} uses {modules[node.value.id]}.{node.attr}"
+
+
+def test_no_module_uses_a_private_name_of_another_module() -> None:
+    bad = [use for path in sorted(ROOT.rglob("*.py")) for use in private_uses(path)]
+    assert bad == []
+
+
 def test_the_import_graph_has_no_cycle() -> None:
     graph: dict[str, set[str]] = {}
     for imp in own(all_imports()):
@@ -205,4 +251,25 @@ def test_the_checker_sees_what_it_should(
     probe.write_text("from __future__ import annotations\n" + code)
     imports = imports_of(probe, f"{PACKAGE}.faults.probe")
     found = [(i.target.removeprefix(PACKAGE + "."), i.names) for i in own(list(imports))]
+    assert found == expected
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("from .locks import _allocate\n", ["imports pytest_netthreads.detect.locks._allocate"]),
+        ("from . import locks\nx = locks._waits\n", ["uses pytest_netthreads.detect.locks._waits"]),
+        ("from .. import _runtime as rt\nx = rt.stacks\n", []),  # a private package, used
+        ("from .._runtime import reactor\nx = reactor._reactor\n",
+         ["uses pytest_netthreads._runtime.reactor._reactor"]),
+        ("from .locks import raw_lock\nfrom . import locks\nx = locks.raw_lock\n", []),
+        ("class A:\n    def f(self):\n        return self._x\n", []),  # not a module
+    ],
+)
+def test_the_private_name_check_sees_what_it_should(
+    tmp_path: Path, code: str, expected: list[str]
+) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("from __future__ import annotations\n" + code)
+    found = [use.split(" ", 1)[1] for use in private_uses(probe, f"{PACKAGE}.detect.probe")]
     assert found == expected

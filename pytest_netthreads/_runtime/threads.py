@@ -1,15 +1,22 @@
-"""Bookkeeping for the threads the kit starts for itself.
+"""The kit's own threads, and the seam through which a detector hears who created what.
 
 The detectors must never blame a test for a thread that belongs to the kit (the shared
 reactor, for instance), so every long-lived internal thread is registered here.
+
+A kit object that starts threads later on its own behalf (a
+:class:`~pytest_netthreads.ThreadedServer` starts one per connection, from the reactor's
+thread) announces its creation with :func:`note_created`; a detector that attributes threads
+to their creator (the thread-leak checker) listens with :func:`add_creation_listener`. So the
+detector needs no knowledge of the servers, and the servers none of the detector.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
-import traceback
 import weakref
+from collections.abc import Callable
+
+from .listeners import Listeners
 
 _internal: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 
@@ -24,10 +31,26 @@ def is_internal(thread: threading.Thread) -> bool:
     return thread in _internal
 
 
-def format_thread_stack(thread: threading.Thread) -> str:
-    """The current stack of a live thread, formatted like a traceback (most recent call last)."""
-    ident = thread.ident
-    frame = sys._current_frames().get(ident) if ident is not None else None
-    if frame is None:
-        return "    (no stack: the thread is not running)\n"
-    return "".join(traceback.format_stack(frame))
+CreationListener = Callable[[object], None]
+"""Called as ``listener(obj)`` in the thread that created ``obj``, at the end of its
+``__init__``. It must not raise: the object's creator would get the exception."""
+
+_creation_listeners: Listeners[CreationListener] = Listeners()
+
+
+def note_created(obj: object) -> None:
+    """Announce ``obj``, a kit object that will start threads on its own later.
+
+    With nobody listening this costs an attribute load and an empty loop.
+    """
+    for listener in _creation_listeners.current:
+        listener(obj)
+
+
+def add_creation_listener(listener: CreationListener) -> Callable[[], None]:
+    """Call ``listener(obj)`` for each object announced with :func:`note_created` from now on.
+
+    Returns a function that removes it (calling it again does nothing). Raises ``TypeError``
+    when ``listener`` is not callable.
+    """
+    return _creation_listeners.add(listener)

@@ -32,7 +32,6 @@ import os
 import signal
 import sys
 import threading
-import traceback
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from time import monotonic
 from types import FrameType
 from typing import Any
 
+from .._runtime.stacks import format_thread_stack
 from .._runtime.threads import is_internal, mark_internal
 from . import locks
 from .lastresort import ProcessWatchdog
@@ -215,27 +215,12 @@ def _format_stacks(idents: list[int] | None = None) -> str:
             continue
         tag = " (pytest-netthreads internal)" if is_internal(thread) else ""
         parts.append(f"--- thread {thread.name!r} (ident {thread.ident}){tag}:\n")
-        parts.append(format_stack(thread))
+        # Without the detectors' own frames at its top, nor the test runner's.
+        parts.append(format_thread_stack(thread, skip_prefix=_DETECT_DIR, hide_runner=True))
     return "".join(parts)
 
 
 _DETECT_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def format_stack(thread: threading.Thread) -> str:
-    """A thread's current stack, without the detectors' own frames at its top."""
-    frame = sys._current_frames().get(thread.ident or 0)
-    if frame is None:
-        return "    (no stack: the thread is not running)\n"
-    while frame is not None and frame.f_code.co_filename.startswith(_DETECT_DIR):
-        frame = frame.f_back
-    if frame is None:
-        return ""
-    summary = traceback.extract_stack(frame)
-    kept = [entry for entry in summary if not locks.RUNNER_FILE.search(entry.filename)]
-    hidden = len(summary) - len(kept)
-    note = f"    ({hidden} frames of pytest and pluggy not shown)\n" if hidden else ""
-    return note + "".join(traceback.format_list(kept))
 
 
 def format_cycle(cycle: list[Step], label: str | None) -> str:
@@ -313,13 +298,13 @@ class DeadlockDetector:
         self._on_report = on_report
         self._before_kill = before_kill
         self._outside = ProcessWatchdog(stderr_fd=stderr_fd) if process_watchdog else None
-        self._state_lock = locks._allocate()
-        self._wake = locks._allocate()
+        self._state_lock = locks.raw_lock()
+        self._wake = locks.raw_lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._prev_handler: Any = None
         self._signal_installed = False
-        self._prev_on_block: Callable[[int], None] | None = None
+        self._remove_listener: Callable[[], None] | None = None
         self._main_ident = threading.main_thread().ident
         # the current arm
         self._generation = 0
@@ -340,8 +325,7 @@ class DeadlockDetector:
         if self._thread is not None:
             raise RuntimeError("the deadlock detector was already started")
         locks.install(deadlock=True)
-        self._prev_on_block = locks.on_block  # a nested detector hands the graph back
-        locks.on_block = self._on_block
+        self._remove_listener = locks.add_block_listener(self._on_block)
         if threading.current_thread() is threading.main_thread() and hasattr(
             signal, "pthread_kill"
         ):
@@ -360,8 +344,8 @@ class DeadlockDetector:
     def _after_fork_in_child(self) -> None:
         # Only the forking thread lives on: the watchdog thread is gone, and may have held
         # the state lock at the fork. The next arm() starts a new one.
-        self._state_lock = locks._allocate()
-        self._wake = locks._allocate()
+        self._state_lock = locks.raw_lock()
+        self._wake = locks.raw_lock()
         self._wake.acquire()
         self._main_ident = threading.main_thread().ident
         self._forked = self._thread is not None
@@ -377,14 +361,17 @@ class DeadlockDetector:
         self._thread = None
         if self._outside is not None:
             self._outside.stop(max(timeout, 0.1))
-        if locks.on_block == self._on_block:
-            locks.on_block = self._prev_on_block
-        locks.uninstall(deadlock=True)
-        if self._signal_installed:
-            prev = self._prev_handler
-            signal.signal(self._signal, signal.SIG_DFL if prev is None else prev)
-            self._prev_handler = None
-            self._signal_installed = False
+        if self._remove_listener is not None:
+            self._remove_listener()
+            self._remove_listener = None
+        try:
+            locks.uninstall(deadlock=True)  # may raise PatchConflict: threading was re-patched
+        finally:
+            if self._signal_installed:
+                prev = self._prev_handler
+                signal.signal(self._signal, signal.SIG_DFL if prev is None else prev)
+                self._prev_handler = None
+                self._signal_installed = False
 
     def __enter__(self) -> DeadlockDetector:
         return self.start()
@@ -524,8 +511,8 @@ class DeadlockDetector:
         if (
             ident == self._main_ident
             and self._signal_installed
-            and ident not in locks._waits
-            and ident in locks._aborts
+            and not locks.is_waiting(ident)
+            and locks.abort_pending(ident)
         ):
             signal.pthread_kill(ident, self._signal)
 

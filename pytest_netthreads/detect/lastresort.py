@@ -32,7 +32,7 @@ import threading
 import weakref
 from time import monotonic
 
-from .locks import _allocate
+from .locks import raw_lock
 
 __all__ = ["ProcessWatchdog"]
 
@@ -88,7 +88,7 @@ class ProcessWatchdog:
         self._stderr_fd = stderr_fd
         self._signum = signum
         self._grace = _positive_seconds(grace, "grace")
-        self._lock = _allocate()
+        self._lock = raw_lock()
         self._fd: int | None = None  # the duplicate of stderr_fd
         self._page: mmap.mmap | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -204,7 +204,7 @@ class ProcessWatchdog:
     def _forget_in_child(self) -> None:
         # The page is shared with the parent: never write to it from here.
         self._child = True
-        self._lock = _allocate()
+        self._lock = raw_lock()
         self._process = None
         self._registered = False
         page, self._page = self._page, None

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from .._runtime.stacks import stack_lines, walk
 from . import locks
 from .locks import LockClass, Site
 
@@ -114,7 +115,7 @@ _CHECKERS: weakref.WeakSet[LockOrderChecker] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     # Another thread may have been recording an edge at the fork: a fresh lock for each.
     for checker in list(_CHECKERS):
-        checker._lock = locks._allocate()
+        checker._lock = locks.raw_lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -132,11 +133,11 @@ class LockOrderChecker:
         if on_report is not None and not callable(on_report):
             raise TypeError(f"on_report must be callable or None, got {on_report!r}")
         self._on_report = on_report
-        self._lock = locks._allocate()
+        self._lock = locks.raw_lock()
         self._reports: list[LockOrderReport] = []
         self._reported: set[frozenset[LockClass]] = set()
         self._started = False
-        self._prev_on_new_edge: Callable[[Any, Any, FrameType], None] | None = None
+        self._remove_listener: Callable[[], None] | None = None
         _CHECKERS.add(self)
 
     def start(self) -> LockOrderChecker:
@@ -144,16 +145,18 @@ class LockOrderChecker:
             raise RuntimeError("the lock-order checker was already started")
         self._started = True
         locks.install(deadlock=False, lock_order=True)
-        self._prev_on_new_edge = locks.on_new_edge  # a nested checker hands the graph back
-        locks.on_new_edge = self._on_new_edge
+        # The newest listener is called first: a nested checker records (and reports) the
+        # edges that appear while it runs.
+        self._remove_listener = locks.add_edge_listener(self._on_new_edge)
         return self
 
     def stop(self) -> None:
         if not self._started:
             return
         self._started = False
-        if locks.on_new_edge == self._on_new_edge:
-            locks.on_new_edge = self._prev_on_new_edge
+        if self._remove_listener is not None:
+            self._remove_listener()
+            self._remove_listener = None
         locks.uninstall(deadlock=False, lock_order=True)
 
     def __enter__(self) -> LockOrderChecker:
@@ -181,7 +184,7 @@ class LockOrderChecker:
                 threading.current_thread().name,
                 held.acquired_at(),
                 Site.of_frame(frame),
-                tuple(locks.short_stack(frame, limit=6)),
+                tuple(stack_lines(walk(frame), limit=6, hide_runner=True)[0]),
             )
             first.after[second] = edge
             back = _find_path(second, first)

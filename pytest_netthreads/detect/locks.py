@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import _thread
 import os
-import re
 import sys
 import threading
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +43,11 @@ from time import monotonic
 from types import CodeType, FrameType
 from typing import Any
 
+from .._runtime.listeners import Listeners
+from .._runtime.patching import Patch, patch, undo_all
+from .._runtime.stacks import RUNNER_PACKAGES
+from .._runtime.stacks import is_stdlib_file as _is_stdlib
+
 __all__ = [
     "WAIT_SLICE",
     "LockClass",
@@ -52,9 +55,15 @@ __all__ = [
     "TrackedLock",
     "TrackedRLock",
     "Wait",
+    "abort_pending",
+    "add_block_listener",
+    "add_edge_listener",
+    "cancel_abort",
     "held_locks",
     "install",
     "installed",
+    "is_waiting",
+    "raw_lock",
     "request_abort",
     "tracking",
     "uninstall",
@@ -71,9 +80,15 @@ _ORIG_LOCK = threading.Lock
 _ORIG_RLOCK = threading.RLock
 _ORIG_JOIN = threading.Thread.join
 
-_STDLIB_DIR = os.path.dirname(threading.__file__) + os.sep
-# Code that creates these locks is ours or the test runner's: they stay plain locks.
-_UNTRACKED_PREFIXES = ("pytest_netthreads", "_pytest", "pytest", "pluggy", "execnet", "xdist")
+# Code that creates these locks is ours, the test runner's or xdist's transport's: they stay
+# plain locks.
+_UNTRACKED_PREFIXES = ("pytest_netthreads", *RUNNER_PACKAGES, "execnet", "xdist")
+
+
+def raw_lock() -> _thread.LockType:
+    """A plain C lock that tracking never sees, whatever ``threading.Lock`` is right now: for
+    the detectors' own state (a tracked lock there would report on itself)."""
+    return _allocate()
 
 
 def _library_codes() -> set[CodeType]:
@@ -108,14 +123,6 @@ def _library_codes() -> set[CodeType]:
             else:
                 visit(value)
     return codes
-
-
-def _is_stdlib(filename: str) -> bool:
-    return (
-        filename.startswith(_STDLIB_DIR)
-        and "site-packages" not in filename
-        and "dist-packages" not in filename
-    ) or filename.startswith("<frozen ")
 
 
 def _line_of(code: CodeType, lasti: int) -> int:
@@ -285,12 +292,44 @@ _sticky: set[int] = set()
 # of them, and a list's pop is cheaper than a dict's del.
 _held: dict[int, list[Any]] = {}
 _NOT_HELD: list[Any] = []  # never holds anything
-#: Called (thread ident) after a thread registered a blocking wait, before it blocks.
-on_block: Callable[[int], None] | None = None
-#: Called (held lock, new lock, frame of the acquire) when a new lock-order edge appears.
-on_new_edge: Callable[[Any, Any, FrameType], None] | None = None
+# Called when a thread is about to block, and when a new lock-order edge appears (see
+# add_block_listener, add_edge_listener).
+_block_listeners: Listeners[Callable[[int], None]] = Listeners()
+_edge_listeners: Listeners[Callable[[Any, Any, FrameType], None]] = Listeners()
 _order_users = 0
-_deadlock_users = 0
+_patches: list[Patch] = []  # what install() patched in threading (undone by the last uninstall)
+
+
+def add_block_listener(listener: Callable[[int], None]) -> Callable[[], None]:
+    """Call ``listener(ident)`` each time a thread registered a blocking wait without a
+    timeout (a tracked acquire or ``Thread.join``), right before it blocks, in that thread.
+
+    Returns a function that removes the listener (calling it again does nothing). The newest
+    listener is called first. Raises ``TypeError`` when ``listener`` is not callable.
+    """
+    return _block_listeners.add(listener)
+
+
+def add_edge_listener(listener: Callable[[Any, Any, FrameType], None]) -> Callable[[], None]:
+    """Call ``listener(held, lock, frame)`` when a thread holding the tracked lock ``held``
+    acquires ``lock`` (blocking, no timeout), of a class not in ``held.lock_class.after`` yet
+    (``frame``: the acquiring code's). Recording the edge there is the listener's job (the
+    lock-order checker does); until one does, the edge is new each time.
+
+    Returns a function that removes the listener (calling it again does nothing). The newest
+    listener is called first. Raises ``TypeError`` when ``listener`` is not callable.
+    """
+    return _edge_listeners.add(listener)
+
+
+def is_waiting(ident: int) -> bool:
+    """Whether the thread ``ident`` is in a tracked wait (an acquire or a join) right now."""
+    return ident in _waits
+
+
+def abort_pending(ident: int) -> bool:
+    """Whether an abort request (:func:`request_abort`) for ``ident`` is not delivered yet."""
+    return ident in _aborts
 
 
 def waits() -> dict[int, Wait]:
@@ -366,9 +405,8 @@ def _check_edges(lock: Any, held: list[Any], frame: FrameType) -> None:
 
 
 def _new_edge(held: Any, lock: Any, frame: FrameType) -> None:
-    hook = on_new_edge
-    if hook is not None:
-        hook(held, lock, frame)
+    for listener in _edge_listeners.current:
+        listener(held, lock, frame)
 
 
 def _check_order(lock: Any, ident: int, frame: FrameType) -> None:
@@ -428,9 +466,10 @@ def _wait_for(lock: Any, timeout: float, frame: FrameType, abortable: bool = Tru
     with _graph_lock:
         _waits[me] = wait
     try:
-        hook = on_block
-        if hook is not None and not timed:
-            hook(me)
+        listeners = _block_listeners.current
+        if listeners and not timed:
+            for listener in listeners:
+                listener(me)
         while True:
             if abortable:
                 _check_abort(me)
@@ -815,9 +854,6 @@ class TrackedRLock:
         return f"<tracked RLock {state} ({self._class.describe()}) at {id(self):#x}>"
 
 
-AnyLock = TrackedLock | TrackedRLock
-
-
 def _make_lock() -> Any:
     cls = _class_for_creator("Lock", 2)
     if cls is None:
@@ -887,9 +923,10 @@ def _tracked_join(self: threading.Thread, timeout: float | None = None) -> None:
     with _graph_lock:
         _waits[me] = wait
     try:
-        hook = on_block
-        if hook is not None and not timed:
-            hook(me)
+        listeners = _block_listeners.current
+        if listeners and not timed:
+            for listener in listeners:
+                listener(me)
         while self.is_alive():
             _check_abort(me)
             if timed:
@@ -920,24 +957,34 @@ def install(*, deadlock: bool = True, lock_order: bool = False) -> None:
         deadlock: wait-for bookkeeping is wanted (owners, waits, ``Thread.join``).
         lock_order: lock-order bookkeeping is wanted too (each thread's held locks).
     """
-    global _depth, _order_users, _deadlock_users
+    global _depth, _order_users
     _check_flags(deadlock, lock_order)
     with _install_lock:
         if _depth == 0:
-            threading.Lock = _LOCK_STAND_IN
-            threading.RLock = _make_rlock  # type: ignore[assignment]
-            threading.Thread.join = _tracked_join  # type: ignore[method-assign]
+            by = "pytest-netthreads lock tracking"
+            # Appended: one a conflict kept (see uninstall) is tried again after these.
+            _patches.extend(
+                [
+                    patch(threading, "Lock", _LOCK_STAND_IN, by=by),
+                    patch(threading, "RLock", _make_rlock, by=by),
+                    patch(threading.Thread, "join", _tracked_join, by=by),
+                ]
+            )
         _depth += 1
         if lock_order:
             _order_users += 1
             _set_order(True)
-        if deadlock:
-            _deadlock_users += 1
 
 
 def uninstall(*, deadlock: bool = True, lock_order: bool = False) -> None:
-    """Undo one :func:`install`; the last one restores ``threading``."""
-    global _depth, _order_users, _deadlock_users
+    """Undo one :func:`install`; the last one restores ``threading``.
+
+    Raises :class:`~pytest_netthreads._runtime.patching.PatchConflict` (a ``RuntimeError``)
+    when the last one finds ``threading.Lock``, ``RLock`` or ``Thread.join`` replaced by
+    someone else since :func:`install`: their value is left in place (the rest is restored),
+    and the next last ``uninstall`` tries again.
+    """
+    global _depth, _order_users
     _check_flags(deadlock, lock_order)
     with _install_lock:
         if _depth == 0:
@@ -950,13 +997,9 @@ def uninstall(*, deadlock: bool = True, lock_order: bool = False) -> None:
                     held.clear()
                 for lock_class in _classes.values():
                     lock_class.after.clear()
-        if deadlock:
-            _deadlock_users -= 1
         _depth -= 1
         if _depth == 0:
-            threading.Lock = _ORIG_LOCK
-            threading.RLock = _ORIG_RLOCK
-            threading.Thread.join = _ORIG_JOIN  # type: ignore[method-assign]
+            undo_all(_patches)
 
 
 def _set_order(on: bool) -> None:
@@ -1021,14 +1064,3 @@ def describe_target(target: Any) -> str:
     if isinstance(target, (TrackedLock, TrackedRLock)):
         return target.lock_class.describe()
     return repr(target)
-
-
-def short_stack(frame: FrameType | None, limit: int = 8) -> list[str]:
-    """The last ``limit`` frames up to ``frame``, formatted (for reports)."""
-    summary = traceback.extract_stack(frame)
-    kept = [entry for entry in summary if not RUNNER_FILE.search(entry.filename)]
-    return traceback.format_list(kept[-limit:])
-
-
-#: Files of the test runner: their frames say nothing about the code under test.
-RUNNER_FILE = re.compile(r"[/\\](_pytest|pluggy|pytest)[/\\]|^<frozen runpy>$")

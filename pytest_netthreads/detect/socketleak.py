@@ -22,8 +22,8 @@ import weakref
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from .._runtime.stacks import Frame, format_frames, where
 from .._runtime.values import format_address
-from .threadleak import Frame, format_stack, where
 
 _KIT_SOCKET_FILES = (os.path.join("pytest_netthreads", "_runtime", "reactor.py"),)
 
@@ -125,7 +125,7 @@ def find_leaked_sockets(records: list[SocketRecord]) -> list[LeakedSocket]:
                 description=describe_socket(sock),
                 owner=str(record.owner),
                 created_at=where(record.frames),
-                creation_stack=format_stack(record.frames),
+                creation_stack=format_frames(record.frames),
             )
         )
     return leaks

@@ -1,7 +1,8 @@
 """The thread-leak checker: which threads were started by whom, and which are still running.
 
-:class:`ThreadLeakChecker` patches :meth:`threading.Thread.start` while it runs and records,
-for every thread started, its *owner* (any hashable object: the plugin uses one per test and
+:class:`ThreadLeakChecker` patches :meth:`threading.Thread.start` while it runs (through
+``_runtime/patching.py``, which restores only what is still its own) and records, for every
+thread started, its *owner* (any hashable object: the plugin uses one per test and
 one per higher-scoped fixture), the ``file:line`` where it was started and the start stack.
 :meth:`ThreadLeakChecker.check` then joins the threads an owner started, for up to a grace
 period (no sleeping: a run without leaks pays nothing), and returns those still alive::
@@ -13,10 +14,13 @@ period (no sleeping: a run without leaks pays nothing), and returns those still 
 
 Who owns a new thread:
 
-1. threads of the kit itself (``pytest_netthreads._threads.is_internal``) are never tracked;
-2. a thread whose target belongs to a :class:`concurrent.futures.ThreadPoolExecutor` or a
-   :class:`~pytest_netthreads.ThreadedServer` belongs to whoever created that object (so a
-   pool made by a module-scoped fixture does not blame the test that first submitted work);
+1. threads of the kit itself (``pytest_netthreads._runtime.threads.is_internal``) are never
+   tracked;
+2. a thread whose target belongs to a :class:`concurrent.futures.ThreadPoolExecutor` (whose
+   ``__init__`` is patched too) or a :class:`~pytest_netthreads.ThreadedServer` (which
+   announces its creation through ``_runtime.threads.note_created``) belongs to whoever
+   created that object (so a pool made by a module-scoped fixture does not blame the test
+   that first submitted work);
 3. a thread started by a tracked thread belongs to that thread's owner;
 4. a thread started by the thread that drives the checker belongs to the current owner;
 5. anything else (threads started by threads that existed before the checker) is untracked.
@@ -28,92 +32,37 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import os
 import re
+import socket
 import sys
-import sysconfig
 import threading
 import time
-import traceback
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .._runtime.threads import format_thread_stack, is_internal
+from .._runtime.patching import Patch, patch, undo_all
+from .._runtime.stacks import Frame, format_frames, format_thread_stack, where
+from .._runtime.stacks import capture as capture_stack
+from .._runtime.threads import add_creation_listener, is_internal
+from .socketleak import (
+    LeakedSocket,
+    SocketRecord,
+    find_leaked_sockets,
+    format_socket_leaks,
+    still_open,
+)
 
 if TYPE_CHECKING:
-    import socket
-
     from typing_extensions import Self
 
-    from .socketleak import LeakedSocket, SocketRecord
-
-Frame = tuple[str, int, str]
-"""``(filename, lineno, function)`` of one stack frame, outermost first in a stack."""
-
-_MAX_FRAMES = 40
-# Frames of the test runner are left out of start stacks: they say nothing about the test.
-_RUNNER_DIRS = (f"{os.sep}_pytest{os.sep}", f"{os.sep}pluggy{os.sep}")
-_RUNNER_FILES: dict[str, bool] = {}  # filename -> whether it is the runner's (a cache)
-# "Where" a thread or socket was started is the innermost frame of the caller's own code:
-# not the stdlib, installed packages (a client library opening its socket) or this kit.
-_LIBRARY_DIRS = tuple(
-    dict.fromkeys(
-        os.path.normcase(sysconfig.get_paths()[key]) + os.sep
-        for key in ("stdlib", "platstdlib", "purelib", "platlib")
-    )
-)
-_HERE = os.path.normcase(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
-
-
-def capture_stack(frame: FrameType | None) -> tuple[Frame, ...]:
-    """The frames from ``frame`` outwards, up to the test runner's own frames (outermost first).
-
-    Cheap: no source lines are read here (see :func:`format_stack`).
-    """
-    frames: list[Frame] = []
-    runner_files = _RUNNER_FILES
-    while frame is not None and len(frames) < _MAX_FRAMES:
-        code = frame.f_code
-        filename = code.co_filename
-        runner = runner_files.get(filename)
-        if runner is None:
-            runner = runner_files[filename] = any(d in filename for d in _RUNNER_DIRS)
-        if runner:
-            break
-        frames.append((filename, frame.f_lineno, code.co_name))
-        frame = frame.f_back
-    frames.reverse()
-    return tuple(frames)
-
-
-def format_stack(frames: Iterable[Frame]) -> str:
-    """Format captured frames like a traceback (most recent call last)."""
-    summary = traceback.StackSummary.from_list(
-        [traceback.FrameSummary(filename, lineno, name) for filename, lineno, name in frames]
-    )
-    return "".join(summary.format()) or "    (no frames recorded)\n"
-
-
-def where(frames: tuple[Frame, ...]) -> str:
-    """``file:line in function`` of the innermost frame of the caller's own code.
-
-    That is, outside the stdlib, installed packages (``site-packages``) and this kit: the line
-    of the test (or the code under test) that started the thread or created the socket, not
-    ``threading.py``, ``concurrent/futures`` or an HTTP library. The full stack is reported
-    too; when every frame is library code, the innermost one is named.
-    """
-    for filename, lineno, name in reversed(frames):
-        path = os.path.normcase(os.path.abspath(filename))
-        if not path.startswith(_LIBRARY_DIRS) and not path.startswith(_HERE):
-            return f"{filename}:{lineno} in {name}"
-    if frames:
-        filename, lineno, name = frames[-1]
-        return f"{filename}:{lineno} in {name}"
-    return "(unknown)"
+# Kept importable from here (they moved to the runtime layer's stacks module).
+format_stack = format_frames
+"""Format captured frames like a traceback (most recent call last):
+:func:`pytest_netthreads._runtime.stacks.format_frames`."""
 
 
 def _target_name(thread: threading.Thread) -> str:
@@ -298,7 +247,8 @@ class ThreadLeakChecker:
         self._objects: weakref.WeakKeyDictionary[Any, Hashable] = weakref.WeakKeyDictionary()
         self._owned: dict[Hashable, list[_Started]] = {}
         self._sockets: dict[Hashable, list[SocketRecord]] = {}
-        self._undo: list[Callable[[], None]] = []
+        self._patches: list[Patch] = []
+        self._remove_listener: Callable[[], None] | None = None
         self._running = False
         self._default_owner = f"{type(self).__name__}@{id(self):#x}"
         self._previous: Hashable | None = None
@@ -315,7 +265,8 @@ class ThreadLeakChecker:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> Self:
-        """Patch ``Thread.start`` (and ``socket.__init__`` with ``sockets=True``).
+        """Patch ``Thread.start`` and ``ThreadPoolExecutor.__init__`` (and ``socket.__init__``
+        with ``sockets=True``), and listen for the kit's servers being created.
 
         Threads alive now are never reported. Raises ``RuntimeError`` when already started.
         """
@@ -324,21 +275,26 @@ class ThreadLeakChecker:
         self._running = True
         self._driver = threading.current_thread()
         self._patch(threading.Thread, "start", self._wrap_start)
-        from ..servers.core import ThreadedServer
-
-        for cls in (concurrent.futures.ThreadPoolExecutor, ThreadedServer):
-            self._patch(cls, "__init__", self._wrap_init)
+        self._patch(concurrent.futures.ThreadPoolExecutor, "__init__", self._wrap_init)
+        # A ThreadedServer announces itself (it starts its threads later, from the reactor).
+        self._remove_listener = add_creation_listener(self._note_creator)
         if self.sockets:
-            import socket
-
             self._patch(socket.socket, "__init__", self._wrap_socket_init)
         return self
 
     def stop(self) -> None:
-        """Restore what :meth:`start` patched. Records already made stay checkable."""
-        while self._undo:
-            self._undo.pop()()
+        """Restore what :meth:`start` patched. Records already made stay checkable.
+
+        Raises :class:`~pytest_netthreads._runtime.patching.PatchConflict` (a
+        ``RuntimeError``) when one of those attributes was replaced after :meth:`start` by
+        someone else, whose value is then left in place (everything else is restored); stop
+        the checker before undoing patches made after its start.
+        """
+        if self._remove_listener is not None:
+            self._remove_listener()
+            self._remove_listener = None
         self._running = False
+        undo_all(self._patches)  # a conflict stays in the list: a later stop() tries again
 
     def __enter__(self) -> Self:
         self.start()
@@ -358,8 +314,6 @@ class ThreadLeakChecker:
         finally:
             self.stop()
         if exc_type is None and (threads or socks):
-            from .socketleak import format_socket_leaks
-
             parts = []
             if threads:
                 parts.append(format_thread_leaks("the checked block", threads, self.grace))
@@ -368,17 +322,7 @@ class ThreadLeakChecker:
             raise ThreadLeakError("\n\n".join(parts), threads, socks)
 
     def _patch(self, cls: type, name: str, make: Callable[[Any], Any]) -> None:
-        own = name in cls.__dict__
-        original = getattr(cls, name)
-        setattr(cls, name, make(original))
-
-        def undo() -> None:
-            if own:
-                setattr(cls, name, original)
-            else:
-                delattr(cls, name)
-
-        self._undo.append(undo)
+        self._patches.append(patch(cls, name, make(getattr(cls, name)), by="ThreadLeakChecker"))
 
     # -- ownership -----------------------------------------------------------------------
 
@@ -436,17 +380,21 @@ class ThreadLeakChecker:
                 return True, None  # created before the checker started
         return False, None
 
+    def _note_creator(self, obj: object) -> None:
+        """Record who created ``obj`` (a pool, a server): its threads will be theirs."""
+        owner = self._caller_owner()
+        if owner is not None:
+            try:
+                self._objects[obj] = owner
+            except TypeError:  # not weak-referenceable or not hashable
+                pass
+
     def _wrap_init(self, original: Callable[..., None]) -> Callable[..., None]:
-        checker = self
+        note_creator = self._note_creator
 
         @functools.wraps(original)
         def __init__(obj: Any, *args: Any, **kwargs: Any) -> None:
-            owner = checker._caller_owner()
-            if owner is not None:
-                try:
-                    checker._objects[obj] = owner
-                except TypeError:  # not weak-referenceable or not hashable
-                    pass
+            note_creator(obj)
             original(obj, *args, **kwargs)
 
         return __init__
@@ -601,15 +549,13 @@ class ThreadLeakChecker:
             target=record.target,
             owner=str(record.owner),
             started_at=where(record.frames),
-            start_stack=format_stack(record.frames),
+            start_stack=format_frames(record.frames),
             current_stack=format_thread_stack(thread),
         )
 
     # -- sockets -------------------------------------------------------------------------
 
     def _wrap_socket_init(self, original: Callable[..., None]) -> Callable[..., None]:
-        from .socketleak import SocketRecord
-
         checker = self
 
         @functools.wraps(original)
@@ -654,8 +600,6 @@ class ThreadLeakChecker:
     def _leaked_sockets(
         self, records: list[SocketRecord], threads: list[threading.Thread], deadline: float
     ) -> list[LeakedSocket]:
-        from .socketleak import find_leaked_sockets, still_open
-
         candidates = still_open(records)
         if candidates and threads:
             _join(threads, deadline)  # those already joined return at once

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._runtime import values as _values
+from .._runtime.patching import Patch, patch, undo_all
 from .specs import RecvChunks, RecvError, SendError, ShortSends, SocketFault
 
 _BASE: Any = socket.SocketType  # the C socket type: the methods socket.socket inherits
@@ -463,28 +464,34 @@ def _ssl_create(cls: type[ssl.SSLSocket], sock: socket.socket, *args: Any, **kwa
     return new
 
 
+# What _patch() replaced, undone by _unpatch() (only while still ours: see _runtime.patching).
+_patches: list[Patch] = []
+
+
 def _patch() -> None:
-    for name, fn in zip(
-        _PATCHED_PLAIN, (_connect, _connect_ex, _recv, _recv_into, _send, _sendall)
-    ):
-        setattr(socket.socket, name, fn)
-    ssl.SSLSocket.recv = _ssl_recv  # type: ignore[method-assign]
-    ssl.SSLSocket.recv_into = _ssl_recv_into  # type: ignore[method-assign]
-    ssl.SSLSocket.send = _ssl_send  # type: ignore[method-assign]
-    ssl.SSLSocket._create = classmethod(_ssl_create)  # type: ignore[attr-defined]
+    plain = (_connect, _connect_ex, _recv, _recv_into, _send, _sendall)
+    tls = {
+        "recv": _ssl_recv,
+        "recv_into": _ssl_recv_into,
+        "send": _ssl_send,
+        "_create": classmethod(_ssl_create),
+    }
+    # Appended: one a conflict kept (see _unpatch) is tried again after these.
+    _patches.extend(
+        [
+            *(patch(socket.socket, n, f, by="SocketFaults") for n, f in zip(_PATCHED_PLAIN, plain)),
+            *(patch(ssl.SSLSocket, n, f, by="SocketFaults") for n, f in tls.items()),
+        ]
+    )
 
 
 def _unpatch() -> None:
-    for name in _PATCHED_PLAIN:
-        if name in socket.socket.__dict__:
-            delattr(socket.socket, name)
-    for name, original in _SSL_ORIGINAL.items():
-        setattr(ssl.SSLSocket, name, original)
+    undo_all(_patches)  # one replaced by someone else since is left to them, and reported
 
 
 def patched() -> bool:
     """Whether the socket methods are patched now (some :class:`SocketFaults` installed)."""
-    return "recv" in socket.socket.__dict__
+    return bool(_patches)
 
 
 __all__ = ["FaultedSocket", "SocketFaultEvent", "SocketFaultRule", "SocketFaults", "patched"]

@@ -39,7 +39,7 @@ from .._runtime.reactor import (
     acquire_reactor,
     is_retryable_accept_error,
 )
-from .._runtime.threads import format_thread_stack
+from .._runtime.stacks import format_thread_stack
 from .._runtime.values import format_address
 from ._behaviour import behaviour_of
 from ._connection import Connection, FaultEntry, nodelay

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from ..detect.socketleak import LeakedSocket
     from ..detect.threadleak import LeakedThread
 
-_THREAD_LEAK_CHECKER = pytest.StashKey[ThreadLeakChecker]()
 _LEAK_OWNER = pytest.StashKey["_LeakOwner"]()
 
 
@@ -74,7 +73,6 @@ def configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     checker = ThreadLeakChecker(grace=grace, sockets=sockets)
     checker.ignore = ignore
-    config.stash[_THREAD_LEAK_CHECKER] = checker
     checker.start()
     config.add_cleanup(checker.stop)
     config.pluginmanager.register(

@@ -36,7 +36,8 @@ from .._runtime.reactor import (
     get_reactor,
     is_retryable_accept_error,
 )
-from .._runtime.threads import format_thread_stack
+from .._runtime.stacks import format_thread_stack
+from .._runtime.threads import note_created
 from .._runtime.values import format_address, resolve_host
 from .records import (
     Address,
@@ -313,6 +314,7 @@ class ThreadedServer:
         self._stop_done: threading.Event | None = None  # made for a concurrent stop() only
         self._stop_deadline = 0.0
         self._stop_error: BaseException | None = None
+        note_created(self)  # its threads start later, from the reactor: say who created it
 
     @property
     def _changed(self) -> threading.Condition:
