@@ -15,7 +15,7 @@ from pytest_netthreads import faults
     [
         (lambda: faults.Latency(-1), ValueError, r"seconds must be a finite number >= 0"),
         (lambda: faults.Latency(0.1, jitter=float("inf")), ValueError, "jitter"),
-        (lambda: faults.Latency("1"), TypeError, "seconds must be a number"),  # type: ignore[arg-type]
+        (lambda: faults.Latency("1"), TypeError, "seconds must be a finite number"),  # type: ignore[arg-type]
         (lambda: faults.Latency(0.1, direction="sideways"), ValueError, "direction must be one"),  # type: ignore[arg-type]
         (lambda: faults.Latency(0.1, probability=1.5), ValueError, r"probability .* <= 1"),
         (lambda: faults.Bandwidth(0), ValueError, r"bytes_per_second must be a finite number >= 1"),

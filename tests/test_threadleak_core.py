@@ -137,20 +137,23 @@ def test_ignore_patterns_match_thread_names(stop: threading.Event) -> None:
     thread.join(10)
 
 
+_GRACE = r"grace must be a finite number of seconds >= 0 and <= 9.22337e\+09"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"grace": -1}, ValueError, "grace must be a number of seconds >= 0, got -1"),
-        ({"grace": float("nan")}, ValueError, "grace must be a number of seconds >= 0, got nan"),
+        ({"grace": -1}, ValueError, rf"{_GRACE}, got -1"),
+        ({"grace": float("nan")}, ValueError, rf"{_GRACE}, got nan"),
         (
             {"grace": float("inf")},
             ValueError,
-            r"grace must be at most 9.22337e\+09 seconds \(threading.TIMEOUT_MAX\), got inf",
+            rf"{_GRACE}, got inf",
         ),
-        ({"grace": 10**10}, ValueError, "grace must be at most .*, got 10000000000"),
-        ({"grace": "1"}, TypeError, "grace must be a number of seconds >= 0, got '1'"),
-        ({"grace": True}, TypeError, "grace must be a number of seconds >= 0, got True"),
-        ({"grace": None}, TypeError, "grace must be a number of seconds >= 0, got None"),
+        ({"grace": 10**10}, ValueError, rf"{_GRACE}, got 10000000000"),
+        ({"grace": "1"}, TypeError, "grace must be a finite number of seconds .*, got '1'"),
+        ({"grace": True}, TypeError, "grace must be a finite number of seconds .*, got True"),
+        ({"grace": None}, TypeError, "grace must be a finite number of seconds .*, got None"),
         ({"sockets": "yes"}, TypeError, "sockets must be True or False, got 'yes'"),
         ({"sockets": 1}, TypeError, "sockets must be True or False, got 1"),
         ({"ignore": "worker"}, TypeError, "ignore must be an iterable of regexes"),
@@ -168,12 +171,12 @@ def test_bad_arguments_name_the_parameter(
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda c: c.check("o", grace=float("inf")), ValueError, "grace must be at most"),
-        (lambda c: c.check("o", grace=-0.5), ValueError, "grace must be a number of seconds"),
-        (lambda c: c.check("o", grace=False), TypeError, "grace must be a number of seconds"),
+        (lambda c: c.check("o", grace=float("inf")), ValueError, _GRACE),
+        (lambda c: c.check("o", grace=-0.5), ValueError, _GRACE),
+        (lambda c: c.check("o", grace=False), TypeError, _GRACE),
         (lambda c: c.check("o", allow=["x"]), TypeError, "allow must be compiled regexes"),
         (lambda c: c.check_sockets("o", grace=float("nan")), ValueError, "grace must be a"),
-        (lambda c: c.check_all("o", grace="2"), TypeError, "grace must be a number"),
+        (lambda c: c.check_all("o", grace="2"), TypeError, "grace must be a finite number"),
         (lambda c: c.set_owner(["a list"]), TypeError, "owner must be hashable"),
         (lambda c: c.owned_by({}).__enter__(), TypeError, "owner must be hashable"),
     ],

@@ -21,27 +21,42 @@ UNIX_PATH_MAX = 107
 on Linux, with the terminating NUL)."""
 
 
+def number(
+    value: object,
+    what: str,
+    *,
+    minimum: float = 0.0,
+    maximum: float | None = None,
+    above_minimum: bool = False,
+    unit: str = "",
+) -> float:
+    """``value`` as a finite float from ``minimum`` (excluded with ``above_minimum``) to
+    ``maximum``. ``TypeError`` for anything but an int or a float (a bool too), ``ValueError``
+    for NaN, an infinity or a value out of range; the message names ``what``."""
+    low = f"> {minimum:g}" if above_minimum else f">= {minimum:g}"
+    high = "" if maximum is None else f" and <= {maximum:g}"
+    expected = f"a finite number{unit} {low}{high}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be {expected}, got {value!r}")
+    try:
+        result = float(value)
+    except OverflowError:  # an int too big for a float
+        raise ValueError(f"{what} must be {expected}, got {value!r}") from None
+    if (
+        not math.isfinite(result)
+        or result < minimum
+        or (above_minimum and result == minimum)
+        or (maximum is not None and result > maximum)
+    ):
+        raise ValueError(f"{what} must be {expected}, got {value!r}")
+    return result
+
+
 def seconds(
     value: object, what: str, *, positive: bool = False, maximum: float | None = None
 ) -> float:
     """``value`` as a finite number of seconds, ``>= 0`` (``> 0`` with ``positive``)."""
-    low = "> 0" if positive else ">= 0"
-    high = "" if maximum is None else f" and <= {maximum:g}"
-    expected = f"a finite number of seconds {low}{high}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be {expected}, got {value!r}")
-    try:
-        number = float(value)
-    except OverflowError:  # an int too big for a float
-        raise ValueError(f"{what} must be {expected}, got {value!r}") from None
-    if (
-        not math.isfinite(number)
-        or number < 0
-        or (positive and number == 0)
-        or (maximum is not None and number > maximum)
-    ):
-        raise ValueError(f"{what} must be {expected}, got {value!r}")
-    return number
+    return number(value, what, maximum=maximum, above_minimum=positive, unit=" of seconds")
 
 
 def port(value: object, what: str, *, allow_zero: bool = True) -> int:

@@ -27,7 +27,6 @@ Usable without pytest::
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
@@ -39,6 +38,7 @@ from time import monotonic
 from types import FrameType
 from typing import Any
 
+from .._runtime import values
 from .._runtime.stacks import format_thread_stack
 from .._runtime.threads import is_internal, mark_internal
 from . import locks
@@ -60,17 +60,8 @@ Step = tuple[int, Wait, int]
 
 
 def _seconds(value: object, name: str, *, zero: bool = False) -> float:
-    """``value`` as seconds: a real number (not a bool), finite, > 0 (>= 0 with ``zero``) and
-    at most ``threading.TIMEOUT_MAX``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    low = value >= 0 if zero else value > 0
-    if not (math.isfinite(value) and low and value <= threading.TIMEOUT_MAX):
-        raise ValueError(
-            f"{name} must be a finite number of seconds {'>=' if zero else '>'} 0 and "
-            f"<= {threading.TIMEOUT_MAX:.0f}, got {value!r}"
-        )
-    return float(value)
+    """``value`` as seconds: finite, > 0 (>= 0 with ``zero``), at most ``TIMEOUT_MAX``."""
+    return values.seconds(value, name, positive=not zero, maximum=values.MAX_TIMEOUT)
 
 
 @dataclass(frozen=True)

@@ -21,17 +21,16 @@ its arms are ignored (the helper watches the parent only).
 from __future__ import annotations
 
 import faulthandler
-import math
 import mmap
 import os
 import signal
 import struct
 import subprocess
 import sys
-import threading
 import weakref
 from time import monotonic
 
+from .._runtime import values
 from .locks import raw_lock
 
 __all__ = ["ProcessWatchdog"]
@@ -55,14 +54,7 @@ if hasattr(os, "register_at_fork"):
 
 
 def _positive_seconds(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not (math.isfinite(value) and 0 < value <= threading.TIMEOUT_MAX):
-        most = f"{threading.TIMEOUT_MAX:.0f}"
-        raise ValueError(
-            f"{name} must be a finite number of seconds > 0 and <= {most}, got {value!r}"
-        )
-    return float(value)
+    return values.seconds(value, name, positive=True, maximum=values.MAX_TIMEOUT)
 
 
 class ProcessWatchdog:

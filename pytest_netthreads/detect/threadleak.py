@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from .._runtime import values
 from .._runtime.patching import Patch, patch, undo_all
 from .._runtime.stacks import Frame, format_frames, format_thread_stack, where
 from .._runtime.stacks import capture as capture_stack
@@ -176,20 +177,7 @@ def validate_grace(grace: object, what: str = "grace") -> float:
     included) and ``ValueError`` for NaN, a negative value, infinity or more than
     :data:`MAX_GRACE` (``Thread.join`` would raise ``OverflowError`` at the check).
     """
-    if isinstance(grace, bool) or not isinstance(grace, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds >= 0, got {grace!r}")
-    try:
-        seconds = float(grace)
-    except OverflowError:  # an int too large for a float
-        seconds = float("inf")
-    if not seconds >= 0:
-        raise ValueError(f"{what} must be a number of seconds >= 0, got {grace!r}")
-    if seconds > MAX_GRACE:
-        raise ValueError(
-            f"{what} must be at most {MAX_GRACE:g} seconds (threading.TIMEOUT_MAX), "
-            f"got {grace!r}"
-        )
-    return seconds
+    return values.seconds(grace, what, maximum=MAX_GRACE)
 
 
 def _validate_allow(allow: object) -> list[re.Pattern[str]]:

@@ -11,10 +11,11 @@ the code under test creates) script what ``recv``/``send`` return and when they 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Union
+
+from .._runtime import values
 
 Direction = Literal["downstream", "upstream", "both"]
 _DIRECTIONS = ("downstream", "upstream", "both")
@@ -22,18 +23,7 @@ _DIRECTIONS = ("downstream", "upstream", "both")
 
 def _check_number(name: str, value: object, *, minimum: float = 0.0, maximum: float | None = None,
                   allow_min: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except OverflowError:  # an int too big for a float
-        number = math.inf
-    low_ok = number >= minimum if allow_min else number > minimum
-    high_ok = maximum is None or number <= maximum
-    if not (low_ok and high_ok and math.isfinite(number)):  # NaN fails every comparison
-        low = f">= {minimum:g}" if allow_min else f"> {minimum:g}"
-        rng = low if maximum is None else f"{low} and <= {maximum:g}"
-        raise ValueError(f"{name} must be a finite number {rng}, got {value!r}")
+    values.number(value, name, minimum=minimum, maximum=maximum, above_minimum=not allow_min)
 
 
 def _check_int(name: str, value: object, *, minimum: int = 0) -> None:
