@@ -40,6 +40,38 @@ def test_the_header_says_when_the_gil_is_disabled(
         assert not [line for line in header if "GIL" in line]
 
 
+# -- the header says what is on and what it patched ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], None),
+        (
+            ["--socket-leak-check", "--thread-leak-grace=0.5"],
+            "pytest-netthreads: --socket-leak-check (grace 0.5s); patched: "
+            "threading.Thread.start, concurrent.futures.thread.ThreadPoolExecutor.__init__, "
+            "socket.socket.__init__ (by ThreadLeakChecker)",
+        ),
+        (
+            ["--deadlock-timeout=0", "--lock-order-check"],
+            "pytest-netthreads: --deadlock-timeout=0, --lock-order-check; patched: "
+            "threading.Lock, threading.RLock, threading.Thread.join "
+            "(by pytest-netthreads lock tracking)",
+        ),
+    ],
+)
+def test_the_header_lists_the_detectors_on_and_what_they_patched(
+    pytester: pytest.Pytester, args: list[str], expected: str | None
+) -> None:
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=TIMEOUT)
+    result.assert_outcomes(passed=1)
+    header = result.stdout.lines[: result.stdout.lines.index("collected 1 item")]
+    ours = [line for line in header if line.startswith("pytest-netthreads:")]
+    assert ours == ([] if expected is None else [expected])
+
+
 # -- hook implementations when the plugin is disabled -------------------------------------------
 
 HOOKS = """

@@ -57,8 +57,9 @@ def pytest_keyboard_interrupt() -> None:
     _servers.note_interrupt()
 
 
-def pytest_report_header() -> list[str]:
-    return _compat.report_header()
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    detectors = _leaks.header(config) + _deadlock.header(config)
+    return _compat.gil_header() + _compat.detectors_header(detectors)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from .._runtime import patching
+
 _NO_GIL_NOTE = (
     "pytest-netthreads: the GIL is disabled (free-threaded build), on which this plugin is "
     "untested: lock tracking and the deadlock and lock-order detectors (--deadlock-timeout, "
@@ -22,10 +24,22 @@ def _no_gil_note(gil_enabled: bool | None) -> str | None:
     return _NO_GIL_NOTE if gil_enabled is False else None
 
 
-def report_header() -> list[str]:
+def gil_header() -> list[str]:
     is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
     note = _no_gil_note(None if is_gil_enabled is None else bool(is_gil_enabled()))
     return [] if note is None else [note]
+
+
+def detectors_header(detectors: list[str]) -> list[str]:
+    """``pytest-netthreads: <detectors>; patched: <what> (by <whom>)``, or nothing when no
+    detector is on: what a bug report about a run needs to know."""
+    if not detectors:
+        return []
+    by: dict[str, list[str]] = {}
+    for applied in patching.active():
+        by.setdefault(applied.by, []).append(applied.describe())
+    patched = "; ".join(f"{', '.join(names)} (by {who})" for who, names in by.items())
+    return [f"pytest-netthreads: {', '.join(detectors)}; patched: {patched or 'nothing'}"]
 
 
 # pytest-run-parallel runs each test body in several threads at once, all sharing one value

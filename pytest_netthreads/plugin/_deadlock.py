@@ -71,6 +71,20 @@ def _start_deadlock_plugin(
     return plugin
 
 
+def header(config: pytest.Config) -> list[str]:
+    """What the lock detectors are, for the report header (nothing when they are off)."""
+    plugin = config.pluginmanager.get_plugin(_DEADLOCK_PLUGIN_NAME)
+    if not isinstance(plugin, _DeadlockPlugin):
+        return []
+    on = []
+    if plugin.deadlock:
+        timeout = plugin.timeout
+        on.append(f"--deadlock-timeout={timeout:g}" if timeout else "--deadlock-timeout=0")
+    if plugin.checker is not None:
+        on.append("--lock-order-check")
+    return on
+
+
 class _DeadlockMarkerProbe:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config

@@ -81,6 +81,16 @@ def configure(config: pytest.Config) -> None:
     )
 
 
+def header(config: pytest.Config) -> list[str]:
+    """What the leak checks are, for the report header (nothing when they are off)."""
+    plugin = config.pluginmanager.get_plugin("netthreads-thread-leak")
+    if not isinstance(plugin, _ThreadLeakPlugin):
+        return []
+    on = [name for name, enabled in (("--thread-leak-check", plugin.threads),
+                                      ("--socket-leak-check", plugin.sockets)) if enabled]
+    return [f"{', '.join(on)} (grace {plugin.checker.grace:g}s)"]
+
+
 class _LeakOwner:
     """Who started a thread: a test, or one execution of a higher-scoped fixture."""
 
