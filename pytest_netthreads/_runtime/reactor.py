@@ -402,6 +402,17 @@ RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EN
 """The process or the system ran out of descriptors or memory: wait, then try again."""
 
 
+def readable_now(sock: socket.socket) -> bool:
+    """Whether ``sock`` is readable this instant (for a listener: a connection is waiting).
+
+    A one-shot ``poll``: cheaper than a failing non-blocking ``accept()`` (which raises) and,
+    unlike ``select()``, good for any descriptor number.
+    """
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def is_retryable_accept_error(exc: OSError) -> bool:
     """Whether accept() failed for that one connection only (try the next at once)."""
     return exc.errno in _RETRY_ACCEPT

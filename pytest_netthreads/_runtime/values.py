@@ -33,23 +33,33 @@ def number(
     """``value`` as a finite float from ``minimum`` (excluded with ``above_minimum``) to
     ``maximum``. ``TypeError`` for anything but an int or a float (a bool too), ``ValueError``
     for NaN, an infinity or a value out of range; the message names ``what``."""
-    low = f"> {minimum:g}" if above_minimum else f">= {minimum:g}"
-    high = "" if maximum is None else f" and <= {maximum:g}"
-    expected = f"a finite number{unit} {low}{high}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be {expected}, got {value!r}")
+        raise TypeError(_expected(what, value, minimum, maximum, above_minimum, unit))
     try:
         result = float(value)
     except OverflowError:  # an int too big for a float
-        raise ValueError(f"{what} must be {expected}, got {value!r}") from None
+        raise ValueError(_expected(what, value, minimum, maximum, above_minimum, unit)) from None
     if (
         not math.isfinite(result)
         or result < minimum
         or (above_minimum and result == minimum)
         or (maximum is not None and result > maximum)
     ):
-        raise ValueError(f"{what} must be {expected}, got {value!r}")
+        raise ValueError(_expected(what, value, minimum, maximum, above_minimum, unit))
     return result
+
+
+def _expected(
+    what: str,
+    value: object,
+    minimum: float,
+    maximum: float | None,
+    above_minimum: bool,
+    unit: str,
+) -> str:
+    low = f"> {minimum:g}" if above_minimum else f">= {minimum:g}"
+    high = "" if maximum is None else f" and <= {maximum:g}"
+    return f"{what} must be a finite number{unit} {low}{high}, got {value!r}"
 
 
 def seconds(

@@ -35,6 +35,7 @@ from .._runtime.reactor import (
     acquire_reactor,
     get_reactor,
     is_retryable_accept_error,
+    readable_now,
 )
 from .._runtime.stacks import format_thread_stack
 from .._runtime.threads import note_created
@@ -492,7 +493,8 @@ class ThreadedServer:
             if sock is not None:
                 # Connections the kernel accepted for us (the client's connect() returned,
                 # its data may be on the way) are served, not reset by the close.
-                self._accept_ready(draining=True)
+                if readable_now(sock):
+                    self._accept_ready(draining=True)
                 reactor.unregister_locked(sock)
                 sock.close()
             # Unregistered under the reactor's lock: no connection can be accepted now.
