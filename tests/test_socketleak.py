@@ -124,6 +124,67 @@ def test_socket_leak_check_end_to_end(pytester: pytest.Pytester) -> None:
     assert "thread(s) started by" not in result.stdout.str()
 
 
+def test_allow_socket_leak_marker_and_socket_leak_ignore(pytester: pytest.Pytester) -> None:
+    """The socket check's knobs beside the thread check's: a marker (all, or by pattern) and an
+    ini list of patterns, searched in the description and the creation site."""
+    pytester.makeini(
+        """
+        [pytest]
+        socket_leak_ignore =
+            in open_ignored_by_ini$
+        """
+    )
+    pytester.makepyfile(
+        test_allow="""
+        import socket
+        import pytest
+
+        kept = []
+
+        def udp():
+            kept.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+
+        @pytest.mark.allow_socket_leak
+        def test_all_allowed():
+            udp()
+
+        @pytest.mark.allow_socket_leak("SOCK_DGRAM")
+        def test_allowed_by_description():
+            udp()
+
+        @pytest.mark.allow_socket_leak("SOCK_STREAM")
+        def test_pattern_does_not_match():
+            udp()
+
+        def open_ignored_by_ini():
+            kept.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+
+        def test_ignored_by_ini():
+            open_ignored_by_ini()
+
+        def test_reported():
+            udp()
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--socket-leak-check", timeout=120
+    )
+    result.assert_outcomes(passed=5, errors=2)
+    text = result.stdout.str()
+    assert "ERROR at teardown of test_pattern_does_not_match" in text
+    assert "ERROR at teardown of test_reported" in text
+    for allowed in ("test_all_allowed", "test_allowed_by_description", "test_ignored_by_ini"):
+        assert f"ERROR at teardown of {allowed}" not in text
+
+
+def test_a_bad_socket_pattern_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nsocket_leak_ignore = (unclosed\n")
+    pytester.makepyfile(test_x="def test_x(): pass")
+    result = pytester.runpytest_subprocess("--socket-leak-check", timeout=120)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*socket_leak_ignore: '(unclosed' is not a valid regular*"])
+
+
 def test_socket_hook_can_take_over(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
         """

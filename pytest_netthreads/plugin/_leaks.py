@@ -51,6 +51,13 @@ def add_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
         default=[],
     )
     parser.addini("socket_leak_check", "like --socket-leak-check", type="bool", default=False)
+    parser.addini(
+        "socket_leak_ignore",
+        "regexes, one a line: sockets whose description or creation site (as the report shows "
+        "them) matches one (re.search) are never reported",
+        type="linelist",
+        default=[],
+    )
 
 
 def configure(config: pytest.Config) -> None:
@@ -59,6 +66,12 @@ def configure(config: pytest.Config) -> None:
         "allow_thread_leak(*name_patterns): with --thread-leak-check, do not report the "
         "threads this test (or module/class, as pytestmark) leaves running; with patterns "
         "(regexes, re.search), only the threads whose name matches one",
+    )
+    config.addinivalue_line(
+        "markers",
+        "allow_socket_leak(*patterns): with --socket-leak-check, do not report the sockets "
+        "this test (or module/class, as pytestmark) leaves open; with patterns (regexes, "
+        "re.search), only those whose description or creation site matches one",
     )
     threads = _config.flag(config, "thread_leak_check")
     sockets = _config.flag(config, "socket_leak_check")
@@ -69,16 +82,18 @@ def configure(config: pytest.Config) -> None:
         grace = 1.0
     try:
         ignore = compile_patterns(config.getini("thread_leak_ignore"), "thread_leak_ignore")
+        ignore_sockets = compile_patterns(
+            config.getini("socket_leak_ignore"), "socket_leak_ignore"
+        )
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     checker = ThreadLeakChecker(grace=grace, sockets=sockets)
     checker.ignore = ignore
     checker.start()
     config.add_cleanup(checker.stop)
-    config.pluginmanager.register(
-        _ThreadLeakPlugin(config, checker, threads=threads, sockets=sockets),
-        "netthreads-thread-leak",
-    )
+    plugin = _ThreadLeakPlugin(config, checker, threads=threads, sockets=sockets)
+    plugin.ignore_sockets = ignore_sockets
+    config.pluginmanager.register(plugin, "netthreads-thread-leak")
 
 
 def header(config: pytest.Config) -> list[str]:
@@ -104,19 +119,27 @@ class _LeakOwner:
         return self.label
 
 
-def _allowed_threads(node: pytest.Item | pytest.Collector | None) -> list[re.Pattern[str]] | None:
-    """The name patterns ``allow_thread_leak`` markers allow; ``None``: every thread."""
+def _allowed(
+    node: pytest.Item | pytest.Collector | None, marker_name: str
+) -> list[re.Pattern[str]] | None:
+    """The patterns the ``allow_thread_leak`` (or ``allow_socket_leak``) markers on ``node``
+    allow; ``None``: everything (a marker without patterns)."""
     if node is None:
         return []
     patterns: list[str] = []
-    for marker in node.iter_markers("allow_thread_leak"):
+    for marker in node.iter_markers(marker_name):
         if not marker.args:
             return None
         patterns.extend(marker.args)
     try:
-        return compile_patterns(patterns, f"@pytest.mark.allow_thread_leak on {node.nodeid}")
+        return compile_patterns(patterns, f"@pytest.mark.{marker_name} on {node.nodeid}")
     except (TypeError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+def _socket_line(leak: LeakedSocket) -> str:
+    """How a socket is shown in the summary, and what the socket patterns search."""
+    return f"{leak.description}, created at {leak.created_at}"
 
 
 class _ThreadLeakPlugin:
@@ -133,6 +156,7 @@ class _ThreadLeakPlugin:
         self._ended: list[_LeakOwner] = []
         self._reports: list[str] = []
         self._found: list[tuple[str, str]] = []  # (kind, summary line) for _record
+        self.ignore_sockets: list[re.Pattern[str]] = []  # ini socket_leak_ignore
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -203,8 +227,17 @@ class _ThreadLeakPlugin:
             return
         # With --socket-leak-check alone every thread is allowed, but still joined (up to
         # the grace) when a socket is open: an exiting thread may be what closes it.
-        allow = _allowed_threads(owner.node) if self.threads else None
+        allow = _allowed(owner.node, "allow_thread_leak") if self.threads else None
         threads, sockets = self.checker.check_all(owner, allow=allow)
+        if sockets:
+            allowed = _allowed(owner.node, "allow_socket_leak")
+            patterns = None if allowed is None else [*self.ignore_sockets, *allowed]
+            sockets = [
+                leak
+                for leak in sockets
+                if patterns is not None
+                and not any(p.search(_socket_line(leak)) for p in patterns)
+            ]
         hook = self.config.hook
         if threads:
             hook.pytest_netthreads_thread_leaks(
@@ -227,8 +260,7 @@ class _ThreadLeakPlugin:
         if leaks:
             self._reports.append(format_socket_leaks(owner, leaks))
             self._found += [
-                ("socket_leak", f"{_by(owner)}{leak.description}, created at {leak.created_at}")
-                for leak in leaks
+                ("socket_leak", f"{_by(owner)}{_socket_line(leak)}") for leak in leaks
             ]
         return True
 
