@@ -78,7 +78,7 @@ class ProcessWatchdog:
         if signum not in signal.valid_signals() or signum in (signal.SIGKILL, signal.SIGSTOP):
             raise ValueError(f"signum must be a signal that can be handled, got {signum!r}")
         self._stderr_fd = stderr_fd
-        self._signum = signum
+        self._signum = int(signum)  # a plain int: str(Signals.SIGUSR2) is a name on 3.10
         self._grace = _positive_seconds(grace, "grace")
         self._lock = raw_lock()
         self._fd: int | None = None  # the duplicate of stderr_fd
