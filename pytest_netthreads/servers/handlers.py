@@ -286,17 +286,16 @@ _EXPECT_MAX = 65536  # the longest frame an Expect pattern reads by default
 class Expect:
     """A script step: the client must send ``data`` next.
 
-    ``data`` is exact bytes (``Expect(b"HELO x\r\n")``: exactly that many bytes are read and
-    must be equal), or a compiled bytes pattern (``Expect(re.compile(rb"mail from:<.*>\r\n",
-    re.IGNORECASE))``): then the step reads up to and including the first ``until`` (a line
-    by default), at most ``max_bytes``, and the pattern must match all of it
-    (``fullmatch``: the frame's ``until`` included), so a client that words a command its
-    own way (case, a host name) still passes.
+    ``data`` is exact bytes: exactly that many bytes are read and must be equal. Or it is
+    a compiled bytes pattern, ``re.compile(rb"mail from:<.*>\\r\\n", re.IGNORECASE)``:
+    the step reads up to and including the first ``until`` (a line by default), at most
+    ``max_bytes``, and the pattern must match all of it (``fullmatch``, the ``until``
+    included), so a client that words a command its own way (case, a host name) passes.
 
     Args:
         data: non-empty bytes, or a pattern made with ``re.compile(rb"...")``.
-        until: a pattern's frame end (default ``b"\n"``); ``b"\r\n.\r\n"`` for an SMTP
-            message body, say. Only with a pattern.
+        until: a pattern's frame end (default a newline); the SMTP end of data
+            (CR LF . CR LF), say. Only with a pattern.
         max_bytes: the most a pattern's frame may have (default 65536); more without
             ``until`` is a mismatch. Only with a pattern.
     """
