@@ -8,6 +8,7 @@ pass or fail by chance; what must arrive is waited for with a generous timeout.
 from __future__ import annotations
 
 import os
+import pathlib
 import queue
 import select
 import shutil
@@ -271,14 +272,16 @@ def test_link_seeds_follow_the_network_seed() -> None:
 # -- redis-server replication through the network ------------------------------------------
 
 
-def _start_redis() -> tuple[subprocess.Popen[bytes], int]:
+def _start_redis(workdir: pathlib.Path) -> tuple[subprocess.Popen[bytes], int]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
     proc = subprocess.Popen(
         [REDIS_SERVER or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
          "--save", "", "--appendonly", "no", "--protected-mode", "no",
-         "--repl-diskless-sync", "no", "--repl-timeout", "60"],
+         "--repl-diskless-sync", "no", "--repl-timeout", "60",
+         # A replica saves what the primary sends it in its directory, "--save" or not.
+         "--dir", str(workdir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -308,14 +311,15 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture
-def replication() -> Iterator[Network]:
+def replication(tmp_path: pathlib.Path) -> Iterator[Network]:
     """redis-server primary and replica; the replica follows the primary through the network."""
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
     procs = []
     try:
-        for _ in range(2):
-            procs.append(_start_redis())
+        for name in ("primary", "replica"):
+            (tmp_path / name).mkdir()
+            procs.append(_start_redis(tmp_path / name))
         (_, primary), (_, replica) = procs
         nodes = {"primary": ("127.0.0.1", primary), "replica": ("127.0.0.1", replica),
                  "client": None}
