@@ -401,13 +401,15 @@ def test_fault_network_fixture_reports_cuts_and_seed_on_failure(
 
             def test_ok(fault_network, echo_server):
                 net = fault_network({"a": echo_server, "me": None})
+                assert net.seed == 5  # --fault-seed, without seed=
                 with socket.create_connection(net.address("me", "a"), timeout=10) as s:
                     s.sendall(b"y")
                     assert s.recv(1) == b"y"
             """
         )
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fault-seed=5",
+                                           timeout=120)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
