@@ -3,6 +3,7 @@
 - Fault specs: frozen dataclasses validated when made (:mod:`.specs`; every name in its
   ``__all__`` is also here).
 - :class:`FaultProxy`: a TCP proxy in front of any server that applies proxy faults.
+- :class:`Network`: named nodes behind fault proxies, for partitions between them.
 - :class:`SocketFaults`: in-process faults on the sockets the code under test connects.
 - :mod:`pytest_netthreads.faults.strategies`: Hypothesis strategies (imports hypothesis).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from . import specs
 from .insocket import FaultedSocket, SocketFaultEvent, SocketFaultRule, SocketFaults
+from .network import Cut, Network, PartitionMode
 from .proxy import (
     FaultEvent,
     FaultProxy,
@@ -22,9 +24,12 @@ from .proxy import (
 from .specs import *  # noqa: F403 (the specs, listed once: specs.__all__)
 
 __all__ = [
+    "Cut",
     "FaultEvent",
     "FaultProxy",
     "FaultedSocket",
+    "Network",
+    "PartitionMode",
     "ProxyConnection",
     "ProxyError",
     "ProxyFaultHandle",

@@ -93,17 +93,18 @@ class Behaviour(Generic[F]):
         self.logged = False  # see log_once
         self.marked = False  # set by the pipe once it queued the mark
 
-    def log(self, action: str, offset: int | None = None) -> None:
-        """Add ``action`` to the proxy's fault log, at ``offset`` (default: the pipe's)."""
+    def log(self, action: str, offset: int | None = None, detail: str = "") -> None:
+        """Add ``action`` to the proxy's fault log, at ``offset`` (default: the pipe's), with
+        ``detail``: what the fault drew (so that a seed's replay can be checked on the log)."""
         pipe = self.pipe
         pipe.conn.event(pipe.direction, pipe.offset if offset is None else offset, action,
-                        self.fault)
+                        self.fault, detail)
 
-    def log_once(self, action: str, offset: int | None = None) -> None:
+    def log_once(self, action: str, offset: int | None = None, detail: str = "") -> None:
         """:meth:`log`, the first time only (for this fault on this pipe)."""
         if not self.logged:
             self.logged = True
-            self.log(action, offset)
+            self.log(action, offset, detail)
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -142,8 +143,12 @@ class LatencyBehaviour(Behaviour[specs.Latency]):
     def on_data(self, chunk: Chunk) -> None:
         fault = self.fault
         jitter = self.pipe.rng.uniform(-fault.jitter, fault.jitter) if fault.jitter else 0.0
-        chunk.ready += max(0.0, fault.seconds + jitter)
-        self.log_once("applied", chunk.offset)
+        delay = max(0.0, fault.seconds + jitter)
+        chunk.ready += delay
+        detail = f"delay {delay:.6f}s"
+        if self.logged and fault.jitter:  # each chunk's own draw
+            self.log("delay", chunk.offset, detail)
+        self.log_once("applied", chunk.offset, detail)
 
 
 _BURST = 0.02  # seconds of data Bandwidth may send at once to catch up
@@ -176,13 +181,17 @@ class BandwidthBehaviour(Behaviour[specs.Bandwidth]):
             pos += n
 
 
+_SHOWN_SIZES = 32  # a "cut" log event shows this many piece sizes at most
+
+
 class SliceBehaviour(Behaviour[specs.Slice]):
     def on_data(self, chunk: Chunk) -> None:
         self.log_once("applied", chunk.offset)
         if chunk.cut is None:  # the first Slice cuts
-            chunk.cut = self.pieces
+            offset = chunk.offset
+            chunk.cut = lambda length: self.pieces(length, offset)
 
-    def pieces(self, length: int) -> Pieces:
+    def pieces(self, length: int, offset: int | None = None) -> Pieces:
         fault, rng = self.fault, self.pipe.rng
         pieces: Pieces = []
         pos, step = 0, 0.0
@@ -193,6 +202,11 @@ class SliceBehaviour(Behaviour[specs.Slice]):
             pieces.append((step * fault.delay, min(size, length - pos)))
             pos += size
             step += 1.0
+        if fault.variation:  # the sizes drawn
+            sizes = [n for _, n in pieces]
+            shown = ",".join(map(str, sizes[:_SHOWN_SIZES]))
+            more = f",... ({len(sizes)} pieces)" if len(sizes) > _SHOWN_SIZES else ""
+            self.log("cut", offset, f"sizes {shown}{more}")
         return pieces
 
 
@@ -203,18 +217,18 @@ class CorruptBehaviour(Behaviour[specs.Corrupt]):
         buf = chunk.data = data if isinstance(data, bytearray) else bytearray(data)
         offset = chunk.offset
         end = offset + len(buf)
-        flipped = []
+        flipped = []  # (stream offset, the byte before the flip)
         for where in fault.offsets:
             if offset <= where < end:
+                flipped.append((where, buf[where - offset]))
                 buf[where - offset] ^= fault.mask
-                flipped.append(where)
         if fault.rate > 0:
             for i in range(len(buf)):
                 if rng.random() < fault.rate:
+                    flipped.append((offset + i, buf[i]))
                     buf[i] ^= fault.mask
-                    flipped.append(offset + i)
-        for where in flipped:
-            self.log("corrupt", where)
+        for where, before in flipped:
+            self.log("corrupt", where, f"0x{before:02x}->0x{before ^ fault.mask:02x}")
 
 
 class TimeoutBehaviour(Behaviour[specs.Timeout]):

@@ -85,9 +85,13 @@ class Pipe:
     def draw(self, fault: ProxyFault, kind: type[Behaviour[Any]]) -> Behaviour[Any] | None:
         """Whether ``fault`` applies here, drawn once from this pipe's generator: its behaviour."""
         chance = fault.chance
-        chosen = chance >= 1.0 or self.rng.random() < chance
-        if chance < 1.0:
-            self.conn.event(self.direction, self.offset, "chosen" if chosen else "skipped", fault)
+        if chance >= 1.0:
+            chosen = True
+        else:
+            drawn = self.rng.random()
+            chosen = drawn < chance
+            self.conn.event(self.direction, self.offset, "chosen" if chosen else "skipped", fault,
+                            f"drew {drawn:.6f} {'<' if chosen else '>='} probability {chance:g}")
         return kind(fault, self) if chosen else None
 
     def active(self) -> list[Behaviour[Any]]:
@@ -289,8 +293,9 @@ class Connection:
         self.client_side = Side(self, client, self.up, self.down)
         self.server_side: Side | None = None
 
-    def event(self, direction: str, offset: int, action: str, fault: ProxyFault | None) -> None:
-        self.proxy._log_event(self.index, direction, offset, action, fault)
+    def event(self, direction: str, offset: int, action: str, fault: ProxyFault | None,
+              detail: str = "") -> None:
+        self.proxy._log_event(self.index, direction, offset, action, fault, detail)
 
     # -- setting up ------------------------------------------------------------------------------
 

@@ -91,12 +91,24 @@ class SocketFaultRule:
         faults: tuple[SocketFault, ...],
         targets: set[Any] | None,
         match: Callable[[Any], bool] | None,
+        from_now: bool = False,
     ) -> None:
         self._owner = owner
         self.faults = faults
         """The faults, in the order given."""
         self._targets = targets
         self._match = match
+        self.from_now = from_now
+        """Whether the rule counts calls and bytes from when it was added (see
+        :meth:`SocketFaults.add`)."""
+        # Per socket open when the rule was added (from_now): its counts then, as
+        # (recv calls, send calls, bytes received, bytes sent); a later socket counts from 0.
+        self._bases: weakref.WeakKeyDictionary[_SocketState, _Counts] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _base(self, state: _SocketState) -> _Counts:
+        return self._bases.get(state, _ZERO)
 
     def _matches(self, peers: frozenset[Any]) -> bool:
         if self._match is not None:
@@ -116,30 +128,44 @@ class SocketFaultRule:
         self.remove()
 
 
+_Counts = tuple[int, int, int, int]
+_ZERO: _Counts = (0, 0, 0, 0)
+
+
 class _SocketState:
     def __init__(self, owner: SocketFaults, record: FaultedSocket, peers: frozenset[Any]):
         self.owner = owner
         self.record = record
         self.peers = peers
 
-    def faults(self) -> list[SocketFault]:
+    def counts(self) -> _Counts:
+        r = self.record
+        return (r.recv_calls, r.send_calls, r.bytes_received, r.bytes_sent)
+
+    def faults(self) -> list[tuple[SocketFault, _Counts]]:
+        """The faults that apply, each with the counts its rule starts from."""
         owner = self.owner
         if not owner.installed:
             return []
         with owner._lock:
             rules = list(owner._rules)
-        return [f for rule in rules if rule._matches(self.peers) for f in rule.faults]
+        return [
+            (f, rule._base(self)) for rule in rules if rule._matches(self.peers)
+            for f in rule.faults
+        ]
 
     def recv_limit(self, size: int) -> int:
         record = self.record
         record.recv_calls += 1
-        pos = record.bytes_received
-        for fault in self.faults():
+        for fault, (calls, _, received, _) in self.faults():
+            # Counted from the rule's start: calls from 1, bytes from 0.
+            call = record.recv_calls - calls
+            pos = record.bytes_received - received
             if isinstance(fault, RecvError):
-                if fault.at_call == record.recv_calls or (
+                if fault.at_call == call or (
                     fault.after_bytes is not None and pos >= fault.after_bytes
                 ):
-                    self._fail("recv", fault, pos, record.recv_calls)
+                    self._fail("recv", fault, record.bytes_received, record.recv_calls)
                 if fault.after_bytes is not None:
                     size = min(size, fault.after_bytes - pos)
             elif isinstance(fault, RecvChunks):
@@ -151,14 +177,14 @@ class _SocketState:
     def send_limit(self, size: int) -> int:
         record = self.record
         record.send_calls += 1
-        pos = record.bytes_sent
-        call = record.send_calls
-        for fault in self.faults():
+        for fault, (_, calls, _, sent) in self.faults():
+            call = record.send_calls - calls
+            pos = record.bytes_sent - sent
             if isinstance(fault, SendError):
                 if fault.at_call == call or (
                     fault.after_bytes is not None and pos >= fault.after_bytes
                 ):
-                    self._fail("send", fault, pos, call)
+                    self._fail("send", fault, record.bytes_sent, record.send_calls)
                 if fault.after_bytes is not None:
                     size = min(size, fault.after_bytes - pos)
             elif isinstance(fault, ShortSends):
@@ -259,6 +285,7 @@ class SocketFaults:
         self._rules: list[SocketFaultRule] = []
         self._log: list[SocketFaultEvent] = []
         self._sockets: list[FaultedSocket] = []
+        self._live_states: weakref.WeakSet[_SocketState] = weakref.WeakSet()  # added under _lock
         self.installed = False
         if faults:
             self.add(*faults, address=address, match=match)
@@ -266,13 +293,26 @@ class SocketFaults:
             raise ValueError("address= and match= need faults to apply to; got no faults")
 
     def add(
-        self, *faults: SocketFault, address: Any = None, match: Callable[[Any], bool] | None = None
+        self,
+        *faults: SocketFault,
+        address: Any = None,
+        match: Callable[[Any], bool] | None = None,
+        from_now: bool = False,
     ) -> SocketFaultRule:
         """Add a rule: ``faults`` for sockets connected to ``address`` (default: any).
 
         Acts on sockets already connected too. Returns the :class:`SocketFaultRule`;
         ``with sf.add(...):`` removes it at the end of the block.
+
+        Args:
+            from_now: count ``at_call``, ``after_bytes``, ``RecvChunks`` offsets and
+                ``ShortSends`` calls from this moment on the sockets already connected
+                (``at_call=1`` is a pooled connection's next read), instead of from each
+                socket's first call. Sockets connected later count from their first call
+                either way.
         """
+        if not isinstance(from_now, bool):
+            raise TypeError(f"from_now must be a bool, got {from_now!r}")
         if not faults:
             raise ValueError("add() needs at least one fault")
         for fault in faults:
@@ -286,8 +326,11 @@ class SocketFaults:
         if match is not None and not callable(match):
             raise TypeError(f"match must be a callable taking the peer address, got {match!r}")
         targets = None if address is None else set(_peers(address))
-        rule = SocketFaultRule(self, tuple(faults), targets, match)
+        rule = SocketFaultRule(self, tuple(faults), targets, match, from_now)
         with self._lock:
+            if from_now:
+                for state in self._live_states:
+                    rule._bases[state] = state.counts()
             self._rules.append(rule)
         return rule
 
@@ -344,7 +387,8 @@ class SocketFaults:
         with self._lock:
             record = FaultedSocket(len(self._sockets), peer, tls)
             self._sockets.append(record)
-        _states[sock] = _SocketState(self, record, peers)
+            state = _states[sock] = _SocketState(self, record, peers)
+            self._live_states.add(state)
 
 
 # -- the patched methods ---------------------------------------------------------------------
@@ -460,7 +504,8 @@ def _ssl_create(cls: type[ssl.SSLSocket], sock: socket.socket, *args: Any, **kwa
         with owner._lock:
             record = FaultedSocket(len(owner._sockets), state.record.peer, True)
             owner._sockets.append(record)
-        _states[new] = _SocketState(owner, record, state.peers)
+            made = _states[new] = _SocketState(owner, record, state.peers)
+            owner._live_states.add(made)
     return new
 
 

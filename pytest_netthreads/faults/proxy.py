@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .._runtime import values as _values
@@ -65,7 +65,11 @@ class FaultEvent:
         offset: bytes of that direction's stream read before it happened.
         action: what was done (``"applied"``, ``"reset"``, ``"drop"``, ``"skipped"``...).
         fault: the fault, ``None`` for events no fault caused (a peer reset, say).
-        time: ``time.monotonic()`` when it happened.
+        time: ``time.monotonic()`` when it happened (not compared: two runs with one seed
+            give equal logs, ``proxy.log == other.log``, whatever their timing).
+        detail: what the fault drew or did, for replay checks: ``"drew 0.1375 <
+            probability 0.5"``, ``"delay 0.0513s"``, ``"sizes 3,1,4"``,
+            ``"0x41->0xbe"``...; ``""`` if nothing.
     """
 
     connection: int
@@ -73,11 +77,13 @@ class FaultEvent:
     offset: int
     action: str
     fault: ProxyFault | None
-    time: float
+    time: float = field(compare=False)
+    detail: str = ""
 
     def __str__(self) -> str:
         what = f" {self.fault!r}" if self.fault is not None else ""
-        return f"#{self.connection} {self.direction} @{self.offset}: {self.action}{what}"
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"#{self.connection} {self.direction} @{self.offset}: {self.action}{detail}{what}"
 
 
 ProxyHowClosed = Literal["eof", "reset", "fault-reset", "connect-failed", "proxy-stop", "error"]
@@ -484,6 +490,19 @@ class FaultProxy:
         with self._lock:
             return list(self._log)
 
+    def stream_logs(self) -> dict[tuple[int, str], list[FaultEvent]]:
+        """The log split by stream: ``(connection, direction)`` to its events, in order.
+
+        What a seed decides is the events of each stream and their order; how the events
+        of different streams interleave in :attr:`log` is up to timing. So two runs with
+        one seed and the same traffic give equal stream logs (``a.stream_logs() ==
+        b.stream_logs()``: events compare without their time), drawn values included.
+        """
+        streams: dict[tuple[int, str], list[FaultEvent]] = {}
+        for event in sorted(self.log, key=lambda e: (e.connection, e.direction)):
+            streams.setdefault((event.connection, event.direction), []).append(event)
+        return streams
+
     def format_log(self, limit: int = 50) -> str:
         """The seed and the last ``limit`` log events, one a line (for failure reports)."""
         events = self.log
@@ -578,8 +597,8 @@ class FaultProxy:
             self._errors.append((index, exc, text))
 
     def _log_event(self, index: int, direction: str, offset: int, action: str,
-                   fault: ProxyFault | None) -> None:
-        event = FaultEvent(index, direction, offset, action, fault, time.monotonic())
+                   fault: ProxyFault | None, detail: str = "") -> None:
+        event = FaultEvent(index, direction, offset, action, fault, time.monotonic(), detail)
         with self._lock:
             if len(self._log) < self._log_limit:
                 self._log.append(event)
