@@ -4,12 +4,16 @@
   ``__all__`` is also here).
 - :class:`FaultProxy`: a TCP proxy in front of any server that applies proxy faults.
 - :class:`SocketFaults`: in-process faults on the sockets the code under test connects.
+- Message-aware faults: framings (:mod:`.framing`), the ``on=faults.Message(...)`` trigger
+  and :meth:`FaultProxy.hold` (:mod:`.hold`).
 - :mod:`pytest_netthreads.faults.strategies`: Hypothesis strategies (imports hypothesis).
 """
 
 from __future__ import annotations
 
 from . import specs
+from .framing import HTTP, RESP, Framing, FramingError, LengthPrefixed, Lines, TLSRecords
+from .hold import HeldMessage, MessageHold
 from .insocket import FaultedSocket, SocketFaultEvent, SocketFaultRule, SocketFaults
 from .proxy import (
     FaultEvent,
@@ -22,9 +26,17 @@ from .proxy import (
 from .specs import *  # noqa: F403 (the specs, listed once: specs.__all__)
 
 __all__ = [
+    "HTTP",
+    "RESP",
     "FaultEvent",
     "FaultProxy",
     "FaultedSocket",
+    "Framing",
+    "FramingError",
+    "HeldMessage",
+    "LengthPrefixed",
+    "Lines",
+    "MessageHold",
     "ProxyConnection",
     "ProxyError",
     "ProxyFaultHandle",
@@ -32,5 +44,6 @@ __all__ = [
     "SocketFaultEvent",
     "SocketFaultRule",
     "SocketFaults",
+    "TLSRecords",
     *specs.__all__,
 ]
