@@ -97,6 +97,7 @@ class Behaviour(Generic[F]):
         self.pipe = pipe
         self.logged = False  # see log_once
         self.marked = False  # set by the pipe once it queued the mark
+        self.mark_offset: int | None = None  # where, if the pipe knew it exactly
         self.base = 0
         """Where the fault's own offsets (``after_bytes``...) count from: 0, or under a
         message trigger the offset of the message that fired it."""
@@ -273,7 +274,7 @@ class ResetPeerBehaviour(Behaviour[specs.ResetPeer]):
         return self.base + self.fault.after_bytes
 
     def on_mark(self) -> None:
-        self.log("reset")
+        self.log("reset", self.mark_offset)
         self.pipe.conn.abort("fault-reset", None)
 
 
@@ -286,7 +287,7 @@ class LimitDataBehaviour(Behaviour[specs.LimitData]):
 
     def on_mark(self) -> None:
         pipe = self.pipe
-        self.log("limit reached: FIN")
+        self.log("limit reached: FIN", self.mark_offset)
         pipe.discard = True
         pipe.clear()
         pipe.send_fin()

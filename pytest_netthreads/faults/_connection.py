@@ -343,6 +343,7 @@ class Pipe:
                 elif behaviour.marks and not behaviour.marked:
                     # Its point is here: the mark goes before this message's bytes.
                     behaviour.marked = True
+                    behaviour.mark_offset = self.offset
                     self.push(self.last_ready, behaviour)
             if self.queue and isinstance(self.queue[-1][1], Behaviour):
                 self.flush()
@@ -424,6 +425,7 @@ class Pipe:
                 at = behaviour.stop_at()
                 if at is not None and self.offset >= at:
                     behaviour.marked = True
+                    behaviour.mark_offset = self.offset
                     self.push(self.last_ready, behaviour)
         self.flush()
 

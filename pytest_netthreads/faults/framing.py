@@ -386,6 +386,15 @@ class TLSRecords(Framing):
     def __init__(self, *, max_size: int = 16384 + 2048 + 5) -> None:
         super().__init__(max_size=max_size)
 
+    @classmethod
+    def name_of(cls, pattern: object) -> str | None:
+        """``"TLSRecords.SERVER_HELLO"`` for one of the class's patterns (for reprs)."""
+        for name in ("CLIENT_HELLO", "SERVER_HELLO", "CERTIFICATE", "HANDSHAKE",
+                     "CHANGE_CIPHER_SPEC", "ALERT", "APPLICATION_DATA"):
+            if getattr(cls, name) is pattern:
+                return f"TLSRecords.{name}"
+        return None
+
     @staticmethod
     def handshake(msg_type: int) -> re.Pattern[bytes]:
         """A pattern for a handshake record whose message has type ``msg_type`` (1 to 255)."""

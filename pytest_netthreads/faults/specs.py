@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Union
 
 from .._runtime import values
-from .framing import Framing
+from .framing import Framing, TLSRecords
 
 Direction = Literal["downstream", "upstream", "both"]
 _DIRECTIONS = ("downstream", "upstream", "both")
@@ -109,7 +109,8 @@ class Message:
                               ("direction", None), ("at", "start")):
             value = getattr(self, name)
             if value != default:
-                parts.append(f"{name}={value!r}")
+                shown = TLSRecords.name_of(value) if name == "match" else None
+                parts.append(f"{name}={shown or repr(value)}")
         return f"Message({', '.join(parts)})"
 
     def matches(self, message: bytes) -> bool:
@@ -120,6 +121,26 @@ class Message:
         if isinstance(match, bytes):
             return match in message
         return match.search(message) is not None
+
+
+def tls_client_hello(*, at: Literal["start", "end"] = "start") -> Message:
+    """A trigger: the client's TLS ClientHello record (upstream), read without decrypting.
+
+    ``faults.Timeout(direction="downstream", on=faults.tls_client_hello())``: the
+    ClientHello reaches the server, nothing reaches the client after it (a handshake that
+    stalls).
+    """
+    return Message(TLSRecords(), match=TLSRecords.CLIENT_HELLO, direction="upstream", at=at)
+
+
+def tls_server_hello(*, at: Literal["start", "end"] = "start") -> Message:
+    """A trigger: the server's TLS ServerHello record (downstream).
+
+    ``faults.ResetPeer(on=faults.tls_server_hello(at="end"))``: the client gets the
+    ServerHello, then a reset; ``faults.Corrupt(offsets=(20,), on=faults.tls_server_hello())``
+    flips a byte of it.
+    """
+    return Message(TLSRecords(), match=TLSRecords.SERVER_HELLO, direction="downstream", at=at)
 
 
 @dataclass(frozen=True)
@@ -483,4 +504,6 @@ __all__ = [
     "SocketFault",
     "Stall",
     "Timeout",
+    "tls_client_hello",
+    "tls_server_hello",
 ]
