@@ -460,7 +460,7 @@ def test_hold_waits_are_bounded_and_values_checked(echo_server: ThreadedServer) 
         with proxy.hold("downstream", LINES) as hold:
             with pytest.raises(ValueError, match="already held"):
                 proxy.hold("downstream", LINES)
-            with pytest.raises(TimeoutError, match="waited 0.1s for 1 held downstream"):
+            with pytest.raises(TimeoutError, match=r"waited 0\.1s for 1 held downstream"):
                 hold.wait_held(1, timeout=0.1)
             with pytest.raises(ValueError, match="timeout"):
                 hold.wait_held(1, timeout=float("nan"))
