@@ -91,6 +91,7 @@ class Pipe:
         self.counts: dict[int, int] = {}  # per triggered fault: messages that counted
         self.next_window: list[Behaviour[Any]] = []  # fired at="end": shape the next message
         self.fin_queued = False
+        self.fired_any = False  # a triggered fault fired here (Side.forward_messages)
 
     @property
     def src(self) -> socket.socket | None:
@@ -395,6 +396,7 @@ class Pipe:
                 else:
                     behaviour.fire(pipe.offset, _INF)
                     what = f"triggered by {self.direction} message {self.delivered}"
+                pipe.fired_any = True
                 pipe.conn.event(pipe.direction, behaviour.base, what, fault)
                 if pipe is not self:
                     pipe.thresholds()
@@ -737,13 +739,88 @@ class Side:
     def on_event(self, mask: int) -> None:
         conn = self.conn
         mask &= self.events  # an error or hang-up is reported as both
-        proxy = conn.proxy
-        if mask == _READ and conn.state == "open" and not proxy._faults and not proxy._framings:
+        if mask == _READ and conn.state == "open":
+            proxy = conn.proxy
             pipe = self.pipe
-            if not (pipe.queue or pipe.discard or pipe.eof):
-                self.forward(pipe)
+            if not proxy._faults and not proxy._framings:
+                if not (pipe.queue or pipe.discard or pipe.eof):
+                    self.forward(pipe)
+                    return
+            elif (
+                proxy._quiet_triggers
+                and pipe.framing is not None
+                and pipe.framing_spec is proxy._framings.get(pipe.direction)
+                and not (pipe.queue or pipe.pending or pipe.discard or pipe.eof
+                         or pipe.fired_any)
+            ):
+                self.forward_messages(pipe)
                 return
         conn.on_event(self, mask)
+
+    def forward_messages(self, pipe: Pipe) -> None:
+        """The path of a pipe cut into messages while no fault acts on it (every fault waits
+        for a trigger, none has fired here, nothing is held): complete messages that meet no
+        trigger are sent on at once; from the first one that does, the general path
+        (``Pipe.drain``) takes over."""
+        conn = self.conn
+        framing = pipe.framing
+        assert framing is not None
+        view = conn.view
+        try:
+            n = self.sock.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            pipe.peer_error(exc)
+            return
+        if not n:
+            pipe.eof = True
+            tail = framing.take_pending()
+            if tail:
+                pipe.pending.append(_Rest(tail))
+            pipe.drain()
+            return
+        if self.is_client:
+            conn.record.bytes_upstream += n
+        else:
+            conn.record.bytes_downstream += n
+        messages = framing.feed(bytes(view[:n]))
+        if not messages:
+            return
+        matches = conn.proxy._matches.get(pipe.direction, ())
+        passed = 0
+        for data in messages:
+            for match in matches:  # Message.matches, inline (this runs for every message)
+                if match is None or (
+                    match in data if type(match) is bytes else match.search(data)  # type: ignore[union-attr]
+                ):
+                    break
+            else:
+                passed += 1
+                continue
+            break
+        pipe.messages += len(messages)
+        pipe.delivered += passed
+        out = messages[0] if passed == 1 else b"".join(messages[:passed])
+        if out:
+            size = len(out)
+            pipe.offset += size
+            dst = self.peer
+            assert dst is not None
+            try:
+                sent = dst.send(out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                pipe.peer_error(exc)
+                return
+            if sent < size:
+                pipe.push(0.0, memoryview(out)[sent:])
+                pipe.write_blocked = True
+                conn.update()
+        if passed < len(messages):
+            pipe.pending.extend(messages[passed:])
+            pipe.drain()
 
     def on_reactor_error(self, exc: BaseException) -> None:
         conn = self.conn

@@ -85,9 +85,12 @@ class Framing:
                 )
             if end > size:
                 break
-            messages.append(bytes(buf[pos:end]))
+            if end == size and not pos and type(buf) is bytes:
+                messages.append(buf)  # the common case, one whole message: no copy
+            else:
+                messages.append(bytes(buf[pos:end]))
             pos = end
-        self._tail = bytes(buf[pos:])
+        self._tail = bytes(buf[pos:]) if pos < size else b""
         return messages
 
     @property

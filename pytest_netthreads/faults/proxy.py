@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import socket
 import threading
 import time
@@ -269,6 +270,9 @@ class FaultProxy:
         self._framings: dict[str, Framing] = {}  # per direction, while one is cut in messages
         self._triggers: dict[str, list[FaultEntry]] = {}  # per direction watched
         self._message_counts: dict[tuple[int, str], int] = {}  # nth counts, scope="proxy"
+        self._quiet_triggers = False  # every fault waits for a trigger, nothing is held
+        # Per direction watched: each trigger's match (Side.forward_messages).
+        self._matches: dict[str, tuple[bytes | re.Pattern[bytes] | None, ...]] = {}
         self._plan_messages(self._faults, self._holds)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
@@ -509,6 +513,13 @@ class FaultProxy:
                 triggers.setdefault(direction, []).append(entry)
         self._framings = framings
         self._triggers = triggers
+        self._matches = {
+            direction: tuple(entry[1].on.match for entry in watching)  # type: ignore[union-attr]
+            for direction, watching in triggers.items()
+        }
+        self._quiet_triggers = bool(entries) and not holds and all(
+            entry[1].on is not None for entry in entries
+        )
 
     def down(self, *, reset_connections: bool = False) -> None:
         """Stop listening: new connections are refused (``ECONNREFUSED``) until :meth:`up`.
