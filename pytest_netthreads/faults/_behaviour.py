@@ -30,6 +30,11 @@ share its seeded generator ``pipe.rng``; a seed replays a run because they draw 
 the same order for the same input: hooks run in the order of the faults, and every
 ``on_data`` before the chunk is cut (``Chunk.cut``).
 
+Under a message trigger (``fault.on``, a :class:`~.specs.Message`) a behaviour is made as
+above but acts only once the pipe fired it (:meth:`Behaviour.fire`): its hooks run from
+then on, its own offsets count from ``base`` (the firing message's offset), and ``on_data``
+sees only the chunks of its ``window`` (the firing message) unless the kind ``persists``.
+
 A new fault kind is a spec class in ``specs.py``, a behaviour class here and its line in
 :data:`BEHAVIOURS` (see "Adding a fault" in ``docs/faults.rst``).
 """
