@@ -455,6 +455,8 @@ def test_hold_waits_are_bounded_and_values_checked(echo_server: ThreadedServer) 
     with FaultProxy(echo_server, seed=1) as proxy:
         with pytest.raises(ValueError, match="direction must be 'upstream' or 'downstream'"):
             proxy.hold("both", LINES)
+        with pytest.raises(TypeError, match="direction must be"):
+            proxy.hold(1, LINES)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="framing must be a Framing"):
             proxy.hold("upstream", b"\n")  # type: ignore[arg-type]
         with proxy.hold("downstream", LINES) as hold:
@@ -466,6 +468,46 @@ def test_hold_waits_are_bounded_and_values_checked(echo_server: ThreadedServer) 
                 hold.wait_held(1, timeout=float("nan"))
             with pytest.raises(TypeError, match="count must be an int"):
                 hold.release("1")  # type: ignore[arg-type]
+
+
+def test_stopping_the_proxy_with_messages_held(echo_server: ThreadedServer) -> None:
+    proxy = FaultProxy(echo_server, seed=1).start()
+    hold = proxy.hold("downstream", LINES)
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(b"x\n")
+        (message,) = hold.wait_held(1)
+        proxy.stop()
+        assert recv_exactly(sock, 10) == b""  # closed, the held answer never sent
+    assert message.state == "closed"
+    assert hold.held == []
+    hold.stop()  # after the proxy: nothing left to do, no error
+    hold.stop()
+
+
+def test_length_prefixed_through_the_proxy(echo_server: ThreadedServer) -> None:
+    framing = faults.LengthPrefixed("!H")
+    # Cut the answer whose body holds "bad" after its 2-byte header and 1 byte of the body.
+    cut = faults.LimitData(3, on=faults.Message(framing, match=b"bad"))
+    with FaultProxy(echo_server, cut, seed=1) as proxy:
+        with socket.create_connection(proxy.address, timeout=10) as sock:
+            sock.sendall(b"\0\4good")
+            assert recv_exactly(sock, 6) == b"\0\4good"
+            sock.sendall(b"\0\3bad\0\4more")
+            assert recv_exactly(sock, 100) == b"\0\3b"
+
+
+def test_an_upstream_trigger_leaves_the_downstream_bytes_alone(
+    echo_server: ThreadedServer,
+) -> None:
+    # Only the upstream direction is cut into messages; answers without newlines still flow.
+    never = faults.ResetPeer(direction="upstream", on=faults.Message(LINES, match=b"never"))
+    with FaultProxy(echo_server, never, seed=1) as proxy:
+        with socket.create_connection(proxy.address, timeout=10) as sock:
+            sock.sendall(b"abc\n")
+            assert recv_exactly(sock, 4) == b"abc\n"
+            sock.sendall(b"a" * 100_000 + b"\n")
+            assert recv_exactly(sock, 100_001) == b"a" * 100_000 + b"\n"
+    assert proxy.connections[0].bytes_downstream == 100_005
 
 
 def test_a_held_message_of_a_closed_connection_is_forgotten(echo_server: ThreadedServer) -> None:

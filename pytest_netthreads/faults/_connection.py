@@ -746,15 +746,18 @@ class Side:
                 if not (pipe.queue or pipe.discard or pipe.eof):
                     self.forward(pipe)
                     return
-            elif (
-                proxy._quiet_triggers
-                and pipe.framing is not None
-                and pipe.framing_spec is proxy._framings.get(pipe.direction)
-                and not (pipe.queue or pipe.pending or pipe.discard or pipe.eof
-                         or pipe.fired_any)
+            elif proxy._quiet_triggers and not (
+                pipe.queue or pipe.pending or pipe.discard or pipe.eof or pipe.fired_any
             ):
-                self.forward_messages(pipe)
-                return
+                # Every fault waits for a trigger and none fired here: no fault acts yet.
+                spec = proxy._framings.get(pipe.direction)
+                if spec is None:
+                    if pipe.framing is None:  # (else it must first leave message mode)
+                        self.forward(pipe)
+                        return
+                elif pipe.framing_spec is spec:
+                    self.forward_messages(pipe)
+                    return
         conn.on_event(self, mask)
 
     def forward_messages(self, pipe: Pipe) -> None:
@@ -850,6 +853,7 @@ class Side:
             return
         if not n:
             pipe.eof = True
+            pipe.fin_queued = True
             pipe.push(0.0, _FIN)
             pipe.flush()
             return

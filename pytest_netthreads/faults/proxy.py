@@ -448,6 +448,8 @@ class FaultProxy:
             framing: how to cut the stream into messages (``faults.Lines()``...); message
                 triggers on the same direction must use an equal framing.
         """
+        if not isinstance(direction, str):
+            raise TypeError(f"direction must be 'upstream' or 'downstream', got {direction!r}")
         if direction not in ("upstream", "downstream"):
             raise ValueError(f"direction must be 'upstream' or 'downstream', got {direction!r}")
         if not isinstance(framing, Framing):
