@@ -654,3 +654,15 @@ def test_tls_http_client_through_a_no_match_trigger(
         finally:
             conn.close()
     assert len(responder.requests) == 3
+
+
+def test_an_equal_framing_takes_over_mid_message(echo_server: ThreadedServer) -> None:
+    first = faults.Corrupt(offsets=(0,), on=faults.Message(faults.Lines(), match=b"a"))
+    second = faults.Corrupt(offsets=(1,), on=faults.Message(faults.Lines(), match=b"b"))
+    with FaultProxy(echo_server, first, second, seed=1) as proxy:
+        with socket.create_connection(proxy.address, timeout=10) as sock:
+            sock.sendall(b"q\nxa")
+            assert recv_exactly(sock, 2) == b"q\n"  # so the proxy has read "xa" too
+            proxy.remove(first)  # the partial line stays in the (equal) framing
+            sock.sendall(b"b\n")
+            assert recv_exactly(sock, 4) == b"x\x9eb\n"  # one message: only `second` acts

@@ -220,7 +220,10 @@ class Pipe:
         """Start or stop cutting this direction into messages, as the proxy's triggers and
         holds now ask (a partial message left over is passed on as it is)."""
         spec = self.conn.proxy._framings.get(self.direction)
-        if spec == self.framing_spec:
+        if spec is self.framing_spec:
+            return
+        if spec is not None and spec == self.framing_spec:
+            self.framing_spec = spec  # an equal framing (its first user was removed): go on
             return
         if self.framing is not None:
             tail = self.framing.take_pending()
