@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from pytest_netthreads import ThreadedServer, faults, handlers
 from pytest_netthreads.faults import FaultProxy, ProxyError
@@ -666,3 +667,76 @@ def test_an_equal_framing_takes_over_mid_message(echo_server: ThreadedServer) ->
             proxy.remove(first)  # the partial line stays in the (equal) framing
             sock.sendall(b"b\n")
             assert recv_exactly(sock, 4) == b"x\x9eb\n"  # one message: only `second` acts
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+def test_requests_sees_the_second_response_cut() -> None:
+    head_and_half = len(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n"
+                        b"Connection: keep-alive\r\n\r\n") + 50
+    cut = faults.LimitData(head_and_half, on=faults.Message(faults.HTTP(), nth=2))
+    with ThreadedServer(handlers.HTTPResponder(BODY)) as server, FaultProxy(
+        server, cut, seed=1
+    ) as proxy, requests.Session() as session:
+        assert session.get(proxy.url + "/", timeout=10).content == BODY
+        with pytest.raises(requests.exceptions.ChunkedEncodingError, match="IncompleteRead"):
+            session.get(proxy.url + "/", timeout=10)
+
+
+def test_requests_hold_orders_two_clients() -> None:
+    responder = handlers.HTTPResponder(b"ok")
+    errors: list[BaseException] = []
+
+    def get(session: requests.Session, path: str) -> None:
+        try:
+            session.get(proxy.url + path, timeout=10)
+        except BaseException as exc:  # asserted below
+            errors.append(exc)
+
+    with ThreadedServer(responder) as server, FaultProxy(server, seed=1) as proxy:
+        sessions = {"/a": requests.Session(), "/b": requests.Session()}
+        try:
+            with proxy.hold("upstream", faults.HTTP()) as hold:
+                threads = {path: threading.Thread(target=get, args=(session, path))
+                           for path, session in sessions.items()}
+                threads["/a"].start()
+                hold.wait_held(1)
+                threads["/b"].start()
+                first, second = hold.wait_held(2)
+                assert first.data.startswith(b"GET /a ") and second.data.startswith(b"GET /b ")
+                second.release()  # /b first: its answer comes back before /a is let go
+                threads["/b"].join(10)
+                assert [r.path for r in responder.requests] == ["/b"]
+                first.release()
+                threads["/a"].join(10)
+        finally:
+            for session in sessions.values():
+                session.close()
+    assert not errors
+    assert not any(t.is_alive() for t in threads.values())
+    assert [r.path for r in responder.requests] == ["/b", "/a"]
+
+
+def test_requests_tls_handshake_errors(
+    tls_ca_module: CertificateAuthority,
+) -> None:
+    server = ThreadedServer(handlers.HTTPResponder(b"ok"),
+                            ssl_context=tls_ca_module.server_context())
+    with server, FaultProxy(server, seed=1) as proxy, requests.Session() as session:
+        # verify= on each call: a session's own is overridden by REQUESTS_CA_BUNDLE if set
+        bundle = tls_ca_module.ca_bundle_path()
+        url = f"https://localhost:{proxy.port}/"
+        assert session.get(url, verify=bundle, timeout=10).content == b"ok"
+        session.close()  # a new connection (and handshake) for each case
+        with proxy.add(faults.Timeout(direction="downstream", on=faults.tls_client_hello())):
+            with pytest.raises(requests.exceptions.Timeout) as info:
+                session.get(url, verify=bundle, timeout=0.5)
+            assert "timed out" in str(info.value)
+        session.close()
+        with proxy.add(faults.ResetPeer(on=faults.tls_server_hello(at="end"))):
+            with pytest.raises(requests.exceptions.ConnectionError,
+                               match="Connection reset by peer"):
+                session.get(url, verify=bundle, timeout=10)
+        session.close()
+        assert session.get(url, verify=bundle, timeout=10).content == b"ok"
