@@ -105,7 +105,10 @@ class Framing:
         return tail
 
     def reset(self) -> None:
-        """Clear a parser's state (between streams). The base class keeps none."""
+        """Clear a parser's state (between streams). The base class keeps none.
+
+        :meth:`fresh` copies the framing shallowly, then calls this: assign new objects
+        (``self.stack = []``) rather than clearing shared ones."""
 
     def fresh(self) -> Framing:
         """A framing with the same settings and an empty stream (one per connection and
