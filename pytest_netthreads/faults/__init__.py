@@ -5,12 +5,16 @@
 - :class:`FaultProxy`: a TCP proxy in front of any server that applies proxy faults.
 - :class:`Network`: named nodes behind fault proxies, for partitions between them.
 - :class:`SocketFaults`: in-process faults on the sockets the code under test connects.
+- Message-aware faults: framings (:mod:`.framing`), the ``on=faults.Message(...)`` trigger
+  and :meth:`FaultProxy.hold` (:mod:`.hold`).
 - :mod:`pytest_netthreads.faults.strategies`: Hypothesis strategies (imports hypothesis).
 """
 
 from __future__ import annotations
 
 from . import specs
+from .framing import HTTP, RESP, Framing, FramingError, LengthPrefixed, Lines, TLSRecords
+from .hold import HeldMessage, MessageHold
 from .insocket import FaultedSocket, SocketFaultEvent, SocketFaultRule, SocketFaults
 from .network import Cut, Network, PartitionMode
 from .proxy import (
@@ -28,8 +32,16 @@ __all__ = [
     "FaultEvent",
     "FaultProxy",
     "FaultedSocket",
+    "Framing",
+    "FramingError",
+    "HTTP",
+    "HeldMessage",
+    "LengthPrefixed",
+    "Lines",
+    "MessageHold",
     "Network",
     "PartitionMode",
+    "RESP",
     "ProxyConnection",
     "ProxyError",
     "ProxyFaultHandle",
@@ -37,5 +49,6 @@ __all__ = [
     "SocketFaultEvent",
     "SocketFaultRule",
     "SocketFaults",
+    "TLSRecords",
     *specs.__all__,
 ]

@@ -30,6 +30,11 @@ share its seeded generator ``pipe.rng``; a seed replays a run because they draw 
 the same order for the same input: hooks run in the order of the faults, and every
 ``on_data`` before the chunk is cut (``Chunk.cut``).
 
+Under a message trigger (``fault.on``, a :class:`~.specs.Message`) a behaviour is made as
+above but acts only once the pipe fired it (:meth:`Behaviour.fire`): its hooks run from
+then on, its own offsets count from ``base`` (the firing message's offset), and ``on_data``
+sees only the chunks of its ``window`` (the firing message) unless the kind ``persists``.
+
 A new fault kind is a spec class in ``specs.py``, a behaviour class here and its line in
 :data:`BEHAVIOURS` (see "Adding a fault" in ``docs/faults.rst``).
 """
@@ -87,11 +92,32 @@ class Behaviour(Generic[F]):
     """Queue a mark behind the data once the stream reaches :meth:`stop_at` (then
     :meth:`on_mark`)."""
 
+    persists: ClassVar[bool] = False
+    """Under a message trigger (``on=``): once fired, act on the rest of the stream from the
+    first message that fired it (kinds that end the stream). Otherwise each firing message
+    gets the fault anew: ``base`` moves to it and ``on_data`` sees that message only."""
+
     def __init__(self, fault: F, pipe: Pipe) -> None:
         self.fault = fault
         self.pipe = pipe
         self.logged = False  # see log_once
         self.marked = False  # set by the pipe once it queued the mark
+        self.mark_offset: int | None = None  # where, if the pipe knew it exactly
+        self.base = 0
+        """Where the fault's own offsets (``after_bytes``...) count from: 0, or under a
+        message trigger the offset of the message that fired it."""
+        self.fired = fault.on is None
+        """Whether it acts: always without a trigger, once fired with one."""
+        self.window: tuple[float, float] | None = None
+        """Under a trigger: the stream offsets whose chunks ``on_data`` sees."""
+
+    def fire(self, base: int, end: float) -> None:
+        """A message trigger fired: act from stream offset ``base`` (on data up to ``end``)."""
+        if self.persists and self.fired:
+            return
+        self.fired = True
+        self.base = base
+        self.window = (base, end)
 
     def log(self, action: str, offset: int | None = None, detail: str = "") -> None:
         """Add ``action`` to the proxy's fault log, at ``offset`` (default: the pipe's), with
@@ -218,7 +244,9 @@ class CorruptBehaviour(Behaviour[specs.Corrupt]):
         offset = chunk.offset
         end = offset + len(buf)
         flipped = []  # (stream offset, the byte before the flip)
+        base = self.base
         for where in fault.offsets:
+            where += base
             if offset <= where < end:
                 flipped.append((where, buf[where - offset]))
                 buf[where - offset] ^= fault.mask
@@ -232,22 +260,26 @@ class CorruptBehaviour(Behaviour[specs.Corrupt]):
 
 
 class TimeoutBehaviour(Behaviour[specs.Timeout]):
+    persists = True
+
     def stop_at(self) -> int:
-        return self.fault.after_bytes
+        return self.base + self.fault.after_bytes
 
     def drops(self, offset: int) -> bool:
-        if offset < self.fault.after_bytes:
+        if offset < self.base + self.fault.after_bytes:
             return False
         self.log_once("drop from here", offset)
         return True
 
 
 class StallBehaviour(Behaviour[specs.Stall]):
+    persists = True
+
     def stop_at(self) -> int:
-        return self.fault.after_bytes
+        return self.base + self.fault.after_bytes
 
     def stops_reading(self) -> bool:
-        if self.pipe.offset < self.fault.after_bytes:
+        if self.pipe.offset < self.base + self.fault.after_bytes:
             return False
         self.log_once("stall")
         return True
@@ -255,24 +287,26 @@ class StallBehaviour(Behaviour[specs.Stall]):
 
 class ResetPeerBehaviour(Behaviour[specs.ResetPeer]):
     marks = True
+    persists = True
 
     def stop_at(self) -> int:
-        return self.fault.after_bytes
+        return self.base + self.fault.after_bytes
 
     def on_mark(self) -> None:
-        self.log("reset")
+        self.log("reset", self.mark_offset)
         self.pipe.conn.abort("fault-reset", None)
 
 
 class LimitDataBehaviour(Behaviour[specs.LimitData]):
     marks = True
+    persists = True
 
     def stop_at(self) -> int:
-        return self.fault.nbytes
+        return self.base + self.fault.nbytes
 
     def on_mark(self) -> None:
         pipe = self.pipe
-        self.log("limit reached: FIN")
+        self.log("limit reached: FIN", self.mark_offset)
         pipe.discard = True
         pipe.clear()
         pipe.send_fin()
@@ -284,6 +318,8 @@ class LimitDataBehaviour(Behaviour[specs.LimitData]):
 
 
 class SlowCloseBehaviour(Behaviour[specs.SlowClose]):
+    persists = True
+
     def close_delay(self) -> float:
         return self.fault.seconds
 
