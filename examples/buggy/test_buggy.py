@@ -102,8 +102,8 @@ def test_missing_read_timeout_is_caught_with_a_timeout_fault_and_the_watchdog(ru
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*_ test_a_silent_network_is_a_timeout _*",
-        f"Hang: {BUGGY}no_read_timeout.py::test_a_silent_network_is_a_timeout still running "
-        "after 2s (--deadlock-timeout); no wait-for cycle among tracked locks and joins.",
+        f"Hang: {BUGGY}no_read_timeout.py::test_a_silent_network_is_a_timeout hung in call: still "
+        "running after 2s (--deadlock-timeout); no wait-for cycle among tracked locks and joins.",
         "--- thread 'MainThread' (ident *):",
         '  File "*/no_read_timeout.py", line *, in get',
         "    chunk = sock.recv(4096)",
