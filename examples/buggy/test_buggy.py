@@ -57,6 +57,19 @@ def test_unclosed_pool_is_caught_by_the_socket_leak_check(run_buggy):
     ])
 
 
+def test_dropped_connection_is_caught_by_the_collected_socket_check(run_buggy):
+    result = run_buggy("dropped_connection.py", "--socket-leak-collected")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_ask*",
+        f"1 socket(s) created by {BUGGY}dropped_connection.py::test_ask garbage-collected "
+        "without being closed (Python closed them, with a ResourceWarning):",
+        "--- socket fd=* AF_INET SOCK_STREAM 127.0.0.1:* -> 127.0.0.1:*",
+        "created at */dropped_connection.py:* in ask",
+        "    sock = socket.create_connection(address, timeout=5)  # BUG: never closed",
+    ])
+
+
 def test_abba_order_is_caught_by_the_lock_order_check(run_buggy):
     result = run_buggy("abba_locks.py", "--lock-order-check")
     result.assert_outcomes(failed=1)

@@ -29,7 +29,8 @@ Threads started without a :class:`threading.Thread`, with ``_thread.start_new_th
 ``_thread.start_joinable_thread`` where it exists), are recorded too, by rules 3 to 5; they
 have no name, so they are reported as ``<_thread IDENT>``.
 
-With ``sockets=True`` it also records the sockets each owner creates (see ``socketleak.py``).
+With ``sockets=True`` it also records the sockets each owner creates (see ``socketleak.py``);
+with ``collected=True`` too, the sockets that are garbage-collected while still open.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ from .._runtime.threads import add_creation_listener, is_internal
 from .socketleak import (
     LeakedSocket,
     SocketRecord,
+    collected_leak,
+    describe_socket,
     find_leaked_sockets,
     format_socket_leaks,
     still_open,
@@ -238,16 +241,26 @@ class ThreadLeakChecker:
         ignore: regular expressions; threads whose name matches one (``re.search``) are never
             reported.
         sockets: also record the sockets each owner creates (see :meth:`check_sockets`).
+        collected: with ``sockets``, also report the sockets an owner created that were
+            garbage-collected while still open (Python closes those itself, with a
+            ``ResourceWarning`` that does not say where they were created). The warning
+            is still raised as without the checker.
 
     Raises:
-        TypeError: ``grace`` is not a number (or is a ``bool``), ``sockets`` is not a
-            ``bool``, ``ignore`` is a ``str`` or holds something else than ``str``.
+        TypeError: ``grace`` is not a number (or is a ``bool``), ``sockets`` or
+            ``collected`` is not a ``bool``, ``ignore`` is a ``str`` or holds something
+            else than ``str``.
         ValueError: ``grace`` is NaN, negative, infinite or above :data:`MAX_GRACE`; a
-            pattern in ``ignore`` does not compile.
+            pattern in ``ignore`` does not compile; ``collected`` without ``sockets``.
     """
 
     def __init__(
-        self, *, grace: float = 1.0, ignore: Iterable[str] = (), sockets: bool = False
+        self,
+        *,
+        grace: float = 1.0,
+        ignore: Iterable[str] = (),
+        sockets: bool = False,
+        collected: bool = False,
     ) -> None:
         self.grace = grace
         if isinstance(ignore, str):
@@ -256,6 +269,16 @@ class ThreadLeakChecker:
         if not isinstance(sockets, bool):
             raise TypeError(f"sockets must be True or False, got {sockets!r}")
         self.sockets = sockets
+        if not isinstance(collected, bool):
+            raise TypeError(f"collected must be True or False, got {collected!r}")
+        if collected and not sockets:
+            raise ValueError("collected=True needs sockets=True (it reports recorded sockets)")
+        self.collected = collected
+        # id() of a live recorded socket -> its record (collected=True): found in its
+        # finalizer, when a weak reference to it may already be cleared (cyclic garbage).
+        self._by_id: dict[int, SocketRecord] = {}
+        # owner -> (record, description) of its sockets collected while open
+        self._collected: dict[Hashable, list[tuple[SocketRecord, str]]] = {}
         self._lock = threading.Lock()
         self._owner: Hashable | None = None
         self._driver: threading.Thread | None = None
@@ -305,6 +328,10 @@ class ThreadLeakChecker:
                 self._patch(_thread, name, make)
         if self.sockets:
             self._patch(socket.socket, "__init__", self._wrap_socket_init)
+        if self.collected:
+            # socket.socket has no __del__ of its own: the C finalizer it inherits warns and
+            # closes; this one looks first, then calls it (same warning, same close).
+            self._patch(socket.socket, "__del__", self._wrap_socket_del)
         return self
 
     def stop(self) -> None:
@@ -320,6 +347,7 @@ class ThreadLeakChecker:
             self._remove_listener = None
         self._running = False
         undo_all(self._patches)  # a conflict stays in the list: a later stop() tries again
+        self._by_id.clear()  # ids of sockets that die unwatched may be reused
 
     def __enter__(self) -> Self:
         self.start()
@@ -562,10 +590,17 @@ class ThreadLeakChecker:
     def owners(self) -> list[Hashable]:
         """Owners with threads (or sockets) recorded and not checked yet."""
         with self._lock:
-            return list(dict.fromkeys([*self._owned, *self._raw, *self._sockets]))
+            return list(
+                dict.fromkeys([*self._owned, *self._raw, *self._sockets, *self._collected])
+            )
 
     def has_records(self, owner: Hashable) -> bool:
-        return owner in self._owned or owner in self._raw or owner in self._sockets
+        return (
+            owner in self._owned
+            or owner in self._raw
+            or owner in self._sockets
+            or owner in self._collected
+        )
 
     def check(
         self,
@@ -639,7 +674,8 @@ class ThreadLeakChecker:
             if still_open(socket_records):
                 self._raw_leaks(raw, deadline)  # joins them: one may close a socket
             sockets = self._leaked_sockets(socket_records, [t for _, t in live], deadline)
-        return leaks, sockets
+        # Last: the collection above may have collected some of them unclosed.
+        return leaks, sockets + self._take_collected(owner)
 
     def _live(self, records: list[_Started]) -> list[tuple[_Started, threading.Thread]]:
         """The records whose thread is alive (not the caller's, not the kit's), with it."""
@@ -728,6 +764,8 @@ class ThreadLeakChecker:
             except TypeError:  # a subclass with __slots__ and no __weakref__
                 return
             record = SocketRecord(ref, owner, capture_stack(sys._getframe(1)))
+            if checker.collected:
+                checker._by_id[id(sock)] = record
             with checker._lock:
                 owned = checker._sockets.get(owner)
                 if owned is None:
@@ -737,6 +775,40 @@ class ThreadLeakChecker:
                 owned.append(record)
 
         return __init__
+
+    def _wrap_socket_del(self, original: Callable[[Any], None]) -> Callable[[Any], None]:
+        by_id = self._by_id
+        collected = self._collected
+
+        @functools.wraps(original)
+        def __del__(sock: socket.socket) -> None:
+            # No lock here: a finalizer runs wherever a collection starts, maybe in a thread
+            # holding the checker's lock. Dict and list operations are atomic.
+            record = by_id.pop(id(sock), None)
+            if record is not None:
+                try:
+                    alive = record.ref()
+                    if (alive is None or alive is sock) and sock.fileno() != -1:
+                        entry = (record, describe_socket(sock))
+                        collected.setdefault(record.owner, []).append(entry)
+                except Exception:  # bookkeeping must never break a finalizer
+                    pass
+            # Python's own finalizer: ResourceWarning "unclosed" (as without the check, but
+            # raised from this line), then close.
+            original(sock)
+
+        return __del__
+
+    def _take_collected(self, owner: Hashable) -> list[LeakedSocket]:
+        """The sockets ``owner`` created that were collected while open (forgotten here)."""
+        entries = self._collected.pop(owner, None)
+        if not entries:
+            return []
+        return [
+            collected_leak(record, description)
+            for record, description in entries
+            if not record.kit_owned()
+        ]
 
     def check_sockets(self, owner: Hashable, *, grace: float | None = None) -> list[LeakedSocket]:
         """The sockets ``owner`` created that are still open. Forgets ``owner``'s sockets.
@@ -750,9 +822,10 @@ class ThreadLeakChecker:
             records = self._sockets.pop(owner, None)
             threads = list(self._owned.get(owner, ()))
         if not records:
-            return []
+            return self._take_collected(owner)
         live = [thread for _, thread in self._live(threads)]
-        return self._leaked_sockets(records, live, time.monotonic() + grace)
+        leaks = self._leaked_sockets(records, live, time.monotonic() + grace)
+        return leaks + self._take_collected(owner)
 
     def _leaked_sockets(
         self, records: list[SocketRecord], threads: list[threading.Thread], deadline: float
