@@ -81,7 +81,9 @@ def pytest_netthreads_socket_leaks(
     """Called with the sockets a test (or a fixture scope) left open (``--socket-leak-check``).
 
     The same contract as :func:`pytest_netthreads_thread_leaks`, for
-    :class:`~pytest_netthreads.detect.socketleak.LeakedSocket` records.
+    :class:`~pytest_netthreads.detect.socketleak.LeakedSocket` records. With
+    ``--socket-leak-collected`` the list also holds the sockets garbage-collected while open
+    (``leak.collected`` is true, ``leak.socket`` is ``None``).
     """
 
 

@@ -176,7 +176,8 @@ def test_condition_waits_are_no_false_report_and_a_lost_notify_is_a_hang(
     result.stdout.fnmatch_lines(
         [
             "*_ test_lost_notify _*",
-            "Hang: test_cond.py::test_lost_notify still running after 5s (--deadlock-timeout);*",
+            "Hang: test_cond.py::test_lost_notify hung in call: still running after 5s "
+            "(--deadlock-timeout);*",
             "Wait-for state:",
             "  thread 'MainThread' waits for thread 'consumer' to finish (Thread.join)",
             "*called at *test_cond.py:* in test_lost_notify",
@@ -210,7 +211,8 @@ def test_a_hang_without_cycle_fails_at_the_timeout_and_the_session_goes_on(
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
-            "Hang: test_hang.py::test_sleeps still running after 1s (--deadlock-timeout);*",
+            "Hang: test_hang.py::test_sleeps hung in call: still running after 1s "
+            "(--deadlock-timeout);*",
             "  (no thread waits in a tracked lock or a join)",
             "--- thread 'MainThread'*",
             "*time.sleep(600)",
@@ -241,7 +243,9 @@ def test_the_marker_sets_the_timeout_and_turns_the_detector_on(
     )
     result = pytester.runpytest_subprocess(*args, timeout=RUN_TIMEOUT)
     result.assert_outcomes(failed=1, passed=1)
-    result.stdout.fnmatch_lines(["Hang: test_marker.py::test_hangs still running after 0.5s*"])
+    result.stdout.fnmatch_lines(
+        ["Hang: test_marker.py::test_hangs hung in call: still running after 0.5s*"]
+    )
 
 
 def test_off_means_untouched_threading(pytester: pytest.Pytester) -> None:
@@ -281,6 +285,7 @@ def test_one_internal_watchdog_thread_for_the_session(pytester: pytest.Pytester)
 
 
 _SECONDS = "must be a finite number of seconds >= 0 and <= 9.22337e+09"
+_SIGNATURE = "seconds=None, [*], setup=None, call=None, teardown=None"
 
 
 @pytest.mark.parametrize(
@@ -290,7 +295,7 @@ _SECONDS = "must be a finite number of seconds >= 0 and <= 9.22337e+09"
         (["--deadlock-timeout=-1"], "", f"ERROR: --deadlock-timeout {_SECONDS}, got '-1'"),
         (["--deadlock-timeout="], "", f"ERROR: --deadlock-timeout {_SECONDS}, got ''"),
         ([], "@pytest.mark.deadlock_timeout('x')", "*deadlock_timeout('x'): seconds must*"),
-        ([], "@pytest.mark.deadlock_timeout(1, 2)", "*deadlock_timeout(seconds) takes one*"),
+        ([], "@pytest.mark.deadlock_timeout(1, 2)", f"*deadlock_timeout({_SIGNATURE}) takes*"),
     ],
 )
 def test_bad_values_are_named(
@@ -501,7 +506,7 @@ def test_a_bad_marker_is_one_clear_error_and_the_hang_names_the_marker(
     )
     result.stdout.fnmatch_lines(
         [
-            "Hang: test_marker.py::test_hangs still running after 0.5s "
+            "Hang: test_marker.py::test_hangs hung in call: still running after 0.5s "
             "(@pytest.mark.deadlock_timeout(seconds=0.5)); no wait-for cycle*",
         ]
     )
@@ -526,3 +531,248 @@ def test_bad_deadlock_timeout_values_are_usage_errors(
             f"ERROR: --deadlock-timeout {_SECONDS}, got {value!r}"
         ]
     )
+
+
+# -- a deadline per phase ------------------------------------------------------------------
+
+PHASE_HANGS = """
+import time
+import pytest
+
+@pytest.fixture
+def slow_setup():
+    time.sleep(600)
+
+@pytest.fixture
+def slow_teardown():
+    yield
+    time.sleep(600)
+
+def test_setup_hangs(slow_setup):
+    pass
+
+def test_teardown_hangs(slow_teardown):
+    pass
+
+def test_teardown_hangs_after_a_failed_call(slow_teardown):
+    assert False, "the call failed"
+
+def test_after():
+    pass
+"""
+
+
+@pytest.mark.parametrize("how", ["option", "ini"])
+def test_a_hang_in_setup_or_teardown_names_its_phase_even_after_a_failed_call(
+    pytester: pytest.Pytester, how: str
+) -> None:
+    pytester.makepyfile(test_phases=PHASE_HANGS)
+    if how == "ini":
+        pytester.makeini(
+            "[pytest]\ndeadlock_timeout = 300\ndeadlock_timeout_setup = 0.5\n"
+            "deadlock_timeout_teardown = 0.5\n"
+        )
+        args: list[str] = []
+        setup_source, teardown_source = "--deadlock-timeout-setup", "--deadlock-timeout-teardown"
+    else:
+        args = ["--deadlock-timeout=0.5"]
+        setup_source = teardown_source = "--deadlock-timeout"
+    result = pytester.runpytest_subprocess(*args, "-p", "no:randomly", timeout=RUN_TIMEOUT)
+    # setup error; teardown error (+ pass); failed call + teardown error; pass
+    result.assert_outcomes(errors=3, failed=1, passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at setup of test_setup_hangs _*",
+            "Hang: test_phases.py::test_setup_hangs hung in setup: still running after 0.5s "
+            f"({setup_source}); no wait-for cycle among tracked locks and joins.",
+            "*_ ERROR at teardown of test_teardown_hangs _*",
+            "Hang: test_phases.py::test_teardown_hangs hung in teardown: still running after "
+            f"0.5s ({teardown_source}); no wait-for cycle*",
+            "*_ ERROR at teardown of test_teardown_hangs_after_a_failed_call _*",
+            "Hang: test_phases.py::test_teardown_hangs_after_a_failed_call hung in teardown: "
+            f"still running after 0.5s ({teardown_source}); no wait-for cycle*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        ["*_ test_teardown_hangs_after_a_failed_call _*", "*AssertionError: the call failed"]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "hangs (still running at the deadline): 3",
+            "  test_phases.py::test_setup_hangs: Hang in setup: still running after 0.5s*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*killing process*")
+
+
+@pytest.mark.parametrize(
+    ("args", "call_source", "teardown_source"),
+    [
+        (["--deadlock-timeout=0.5"], "--deadlock-timeout", "--deadlock-timeout"),
+        (
+            [
+                "--deadlock-timeout=300",
+                "--deadlock-timeout-call=0.5",
+                "--deadlock-timeout-teardown=0.5",
+            ],
+            "--deadlock-timeout-call",
+            "--deadlock-timeout-teardown",
+        ),
+    ],
+)
+def test_a_teardown_hang_after_a_hung_call_is_timed_again(
+    pytester: pytest.Pytester, args: list[str], call_source: str, teardown_source: str
+) -> None:
+    pytester.makepyfile(
+        test_both="""
+        import time
+        import pytest
+
+        @pytest.fixture
+        def slow_teardown():
+            yield
+            time.sleep(600)
+
+        def test_both_hang(slow_teardown):
+            time.sleep(600)
+        """
+    )
+    result = pytester.runpytest_subprocess(*args, timeout=RUN_TIMEOUT)
+    result.assert_outcomes(failed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "Hang: test_both.py::test_both_hang hung in teardown: still running after 0.5s "
+            f"({teardown_source});*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "Hang: test_both.py::test_both_hang hung in call: still running after 0.5s "
+            f"({call_source});*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*killing process*")
+
+
+def test_marker_keywords_set_each_phase(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_marker="""
+        import time
+        import pytest
+
+        @pytest.fixture
+        def slow_setup():
+            time.sleep(1)
+
+        @pytest.fixture
+        def slow_teardown():
+            yield
+            time.sleep(600)
+
+        # The call's own deadline is short; the setup (1s) has the option's 300s.
+        @pytest.mark.deadlock_timeout(call=0.5)
+        def test_call_deadline(slow_setup):
+            time.sleep(600)
+
+        @pytest.mark.deadlock_timeout(300, teardown=0.5)
+        def test_teardown_deadline(slow_teardown):
+            pass
+
+        # A phase at 0 has no deadline (the setup takes 1s of a 0.5s default).
+        @pytest.mark.deadlock_timeout(0.5, setup=0, call=0)
+        def test_no_setup_deadline(slow_setup):
+            time.sleep(1)
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--deadlock-timeout=300", "-p", "no:randomly", timeout=RUN_TIMEOUT
+    )
+    result.assert_outcomes(failed=1, errors=1, passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "Hang: test_marker.py::test_call_deadline hung in call: still running after 0.5s "
+            "(@pytest.mark.deadlock_timeout(call=0.5)); no wait-for cycle*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at teardown of test_teardown_deadline _*",
+            "Hang: test_marker.py::test_teardown_deadline hung in teardown: still running "
+            "after 0.5s (@pytest.mark.deadlock_timeout(300, teardown=0.5)); no wait-for cycle*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*test_no_setup_deadline hung*")
+
+
+def test_a_phase_option_alone_turns_the_detector_on_for_that_phase(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_alone="""
+        import time
+        import pytest
+
+        @pytest.fixture
+        def slow_setup():
+            time.sleep(1)
+
+        def test_only_teardown_is_timed(slow_setup):
+            time.sleep(1)
+        """
+    )
+    result = pytester.runpytest_subprocess("--deadlock-timeout-teardown=0.5", timeout=RUN_TIMEOUT)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["pytest-netthreads: --deadlock-timeout=0, --deadlock-timeout-teardown=0.5*"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "ini", "message"),
+    [
+        (["--deadlock-timeout-call=soon"], "", f"ERROR: --deadlock-timeout-call {_SECONDS}*"),
+        (["--deadlock-timeout-setup=nan"], "", f"ERROR: --deadlock-timeout-setup {_SECONDS}*"),
+        (["--deadlock-timeout-teardown=-1"], "", f"ERROR: --deadlock-timeout-teardown {_SECONDS}*"),
+        ([], "deadlock_timeout_teardown = inf", "ERROR: ini deadlock_timeout_teardown (tox.ini) *"),
+    ],
+)
+def test_bad_phase_values_are_usage_errors_naming_the_option(
+    pytester: pytest.Pytester, args: list[str], ini: str, message: str
+) -> None:
+    pytester.makepyfile(test_x="def test_x(): pass")
+    if ini:
+        pytester.makefile(".ini", tox=f"[pytest]\n{ini}\n")
+    result = pytester.runpytest_subprocess(*args, timeout=RUN_TIMEOUT)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ("call=float('nan')", f"ValueError: *(call=nan): call {_SECONDS}, got nan"),
+        ("teardown='1'", f"TypeError: *(teardown='1'): teardown {_SECONDS}, got '1'"),
+        ("setup=-1", f"ValueError: *(setup=-1): setup {_SECONDS}, got -1"),
+        ("1, seconds=2", f"TypeError: *(1, seconds=2): deadlock_timeout({_SIGNATURE}) takes *"),
+        ("cal=1", "TypeError: @pytest.mark.deadlock_timeout(cal=1): deadlock_timeout(*) takes *"),
+        ("", "TypeError: @pytest.mark.deadlock_timeout(): deadlock_timeout(*) takes *"),
+    ],
+)
+def test_bad_marker_keywords_are_one_error_naming_the_keyword(
+    pytester: pytest.Pytester, marker: str, message: str
+) -> None:
+    pytester.makepyfile(
+        test_bad=f"""
+        import pytest
+
+        @pytest.mark.deadlock_timeout({marker})
+        def test_x():
+            pass
+
+        def test_other():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--deadlock-timeout=300", timeout=RUN_TIMEOUT)
+    result.assert_outcomes(errors=1, passed=1)
+    result.stdout.fnmatch_lines(["*_ ERROR at setup of test_x _*", message])

@@ -225,3 +225,74 @@ def test_a_forked_child_can_start_threads_and_take_locks(
     pytester.makepyfile(test_fork=FORK)
     result = pytester.runpytest_subprocess(*args, "-W", "error", timeout=RUN_TIMEOUT)
     result.assert_outcomes(passed=1)
+
+
+GC_FINALIZER = """
+import gc
+import threading
+
+import pytest
+
+
+class Connection:
+    '''Closed by its finalizer, under its pool's lock; kept in a cycle, so only the cyclic
+    garbage collector frees it.'''
+
+    def __init__(self, pool_lock):
+        self.pool_lock = pool_lock
+        self.me = self
+
+    def __del__(self):
+        with self.pool_lock:
+            pass
+
+
+@pytest.fixture
+def no_automatic_gc():
+    gc.disable()  # the collection happens where the test says, not at a random allocation
+    yield
+    gc.enable()
+
+
+def test_finalizer_run_by_gc_under_a_lock_is_no_order(no_automatic_gc):
+    registry_lock = threading.Lock()
+    pool_lock = threading.Lock()
+    Connection(pool_lock)
+    with registry_lock:
+        assert gc.collect() > 0  # runs Connection.__del__: pool_lock under registry_lock
+    with pool_lock:  # the program's real order
+        with registry_lock:
+            pass
+
+
+def test_the_same_acquisition_outside_gc_is_an_order(no_automatic_gc):
+    registry_lock = threading.Lock()
+    pool_lock = threading.Lock()
+    conn = Connection(pool_lock)
+    with registry_lock:
+        conn.__del__()  # the same code, called by the program itself
+    with pool_lock:
+        with registry_lock:
+            pass
+    conn.me = None
+"""
+
+
+def test_locks_taken_by_finalizers_during_garbage_collection_form_no_edges(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_gc=GC_FINALIZER)
+    result = pytester.runpytest_subprocess(
+        "--lock-order-check", "-p", "no:randomly", timeout=RUN_TIMEOUT
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_the_same_acquisition_outside_gc_is_an_order _*",
+            "Lock-order inversion (potential deadlock) between 2 lock classes:*",
+            "  thread 'MainThread' acquired",
+            "    Lock created at *test_gc.py:* in test_the_same_acquisition_outside_gc_is_an_order",
+            "      at *test_gc.py:* in __del__",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*_ test_finalizer_run_by_gc_under_a_lock_is_no_order _*")

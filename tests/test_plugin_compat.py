@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import _thread
 import sys
 
 import pytest
@@ -42,6 +43,9 @@ def test_the_header_says_when_the_gil_is_disabled(
 
 # -- the header says what is on and what it patched ---------------------------------------
 
+# Python 3.13 added the function Thread.start uses; threads started with it are tracked too.
+_JOINABLE = "_thread.start_joinable_thread, " if hasattr(_thread, "start_joinable_thread") else ""
+
 
 @pytest.mark.parametrize(
     ("args", "expected"),
@@ -51,7 +55,7 @@ def test_the_header_says_when_the_gil_is_disabled(
             ["--socket-leak-check", "--thread-leak-grace=0.5"],
             "pytest-netthreads: --socket-leak-check (grace 0.5s); patched: "
             "threading.Thread.start, concurrent.futures.thread.ThreadPoolExecutor.__init__, "
-            "socket.socket.__init__ (by ThreadLeakChecker)",
+            f"_thread.start_new_thread, {_JOINABLE}socket.socket.__init__ (by ThreadLeakChecker)",
         ),
         (
             ["--deadlock-timeout=0", "--lock-order-check"],

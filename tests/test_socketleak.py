@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import socket
 import ssl
+import warnings
 import weakref
 
 import pytest
@@ -378,3 +379,166 @@ def test_the_check_holds_sockets_weakly_a_dropped_one_is_finalized_as_without_it
             "-p", "no:cacheprovider", "-W", "error", *options, timeout=120
         )
         result.assert_outcomes(passed=1)
+
+
+# -- sockets garbage-collected without being closed (collected=True) ----------------------
+
+
+def _dropped_connection() -> None:
+    """A real connection whose client socket nobody closes: collected on return."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname(), timeout=30)
+        conn, _ = server.accept()
+        conn.close()
+        client.getsockname()
+
+
+def test_a_socket_collected_unclosed_is_reported_and_python_still_warns() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(ThreadLeakError) as info:
+            with ThreadLeakChecker(sockets=True, collected=True):
+                _dropped_connection()
+                closed = socket.socket()
+                closed.close()
+                del closed
+    unclosed = [str(w.message) for w in caught if w.category is ResourceWarning]
+    assert len(unclosed) == 1 and unclosed[0].startswith("unclosed <socket.socket fd=")
+    [leak] = info.value.sockets
+    assert leak.collected and leak.socket is None
+    assert leak.description.startswith("fd=") and "AF_INET SOCK_STREAM 127.0.0.1:" in (
+        leak.description
+    )
+    assert leak.created_at.startswith(f"{__file__}:") and leak.created_at.endswith(
+        "in _dropped_connection"
+    )
+    message = str(info.value)
+    assert (
+        "1 socket(s) created by the checked block garbage-collected without being closed "
+        "(Python closed them, with a ResourceWarning):" in message
+    )
+    assert "client = socket.create_connection(server.getsockname(), timeout=30)" in message
+
+
+def test_without_collected_a_socket_collected_unclosed_is_not_reported() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        with ThreadLeakChecker(sockets=True):
+            _dropped_connection()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"sockets": True, "collected": "yes"}, TypeError),
+        ({"sockets": True, "collected": 1}, TypeError),
+        ({"collected": True}, ValueError),
+    ],
+)
+def test_collected_is_checked(kwargs: dict[str, object], error: type[Exception]) -> None:
+    with pytest.raises(error, match="collected"):
+        ThreadLeakChecker(**kwargs)  # type: ignore[arg-type]
+
+
+COLLECTED = """
+import socket
+
+import pytest
+
+
+def connect():
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname(), timeout=30)
+    conn, _ = server.accept()
+    conn.close()
+    server.close()
+    return client
+
+
+def open_ignored_by_ini():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def test_drops_a_connection():
+    client = connect()
+    client.getsockname()  # used, never closed: collected when the test returns
+
+
+@pytest.mark.allow_socket_leak
+def test_allowed():
+    connect()
+
+
+@pytest.mark.allow_socket_leak("AF_INET6")
+def test_allowed_by_another_pattern_only():
+    connect()
+
+
+def test_ignored():
+    open_ignored_by_ini()
+
+
+def test_closes():
+    with connect():
+        pass
+"""
+
+
+@pytest.mark.parametrize("how", ["option", "ini"])
+def test_socket_leak_collected_end_to_end(pytester: pytest.Pytester, how: str) -> None:
+    pytester.makepyfile(test_collected=COLLECTED)
+    ini = "[pytest]\nsocket_leak_ignore =\n    in open_ignored_by_ini$\n"
+    args = ["-p", "no:cacheprovider", "-p", "no:randomly", "-W", "ignore::ResourceWarning"]
+    if how == "ini":
+        ini += "socket_leak_collected = true\n"
+    else:
+        args.append("--socket-leak-collected")
+    pytester.makeini(ini)
+    result = pytester.runpytest_subprocess(*args, timeout=120)
+    result.assert_outcomes(passed=5, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*--socket-leak-check, --socket-leak-collected (grace 1s); patched: *"
+            "socket.socket.__del__ (by ThreadLeakChecker)",
+            "*_ ERROR at teardown of test_drops_a_connection _*",
+            "1 socket(s) created by test_collected.py::test_drops_a_connection garbage-collected "
+            "without being closed (Python closed them, with a ResourceWarning):",
+            "--- socket fd=* AF_INET SOCK_STREAM 127.0.0.1:* -> 127.0.0.1:*",
+            "created at */test_collected.py:8 in connect",
+            "creation stack (most recent call last):",
+            '  File "*/test_collected.py", line 22, in test_drops_a_connection',
+            "*_ ERROR at teardown of test_allowed_by_another_pattern_only _*",
+            "1 socket(s) created by test_collected.py::test_allowed_by_another_pattern_only "
+            "garbage-collected without being closed*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "socket leaks: 2",
+            "  test_collected.py::test_drops_a_connection: collected unclosed: fd=* AF_INET "
+            "SOCK_STREAM 127.0.0.1:* -> 127.0.0.1:*, created at test_collected.py:8 in connect",
+        ]
+    )
+
+
+@pytest.mark.parametrize("option", ["--socket-leak-check", "--socket-leak-collected"])
+def test_resource_warnings_as_errors_fail_as_without_the_check(
+    pytester: pytest.Pytester, option: str
+) -> None:
+    """The user's ``-W error`` (or ``filterwarnings = error``) still turns Python's
+    ResourceWarning into the same failure; the collected mode adds its report."""
+    pytester.makepyfile(test_collected=COLLECTED)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:randomly", "-W", "error", option, timeout=120
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] == 4  # every test that drops a socket, allowed or not
+    assert outcomes.get("errors", 0) == (3 if option == "--socket-leak-collected" else 0)
+    result.stdout.fnmatch_lines(
+        [
+            "FAILED test_collected.py::test_drops_a_connection - pytest.PytestUnraisable*",
+        ]
+    )
+    assert "ResourceWarning: unclosed <socket.socket" in result.stdout.str()

@@ -790,3 +790,88 @@ def test_reported_threads_and_sockets_are_not_kept_alive_by_the_report(
             "1 socket(s) created by test_reported.py::test_leaks_a_thread_holding_a_socket*",
         ]
     )
+
+
+RAW = """
+import _thread
+import threading
+
+from helpers import STOP
+
+def serve_forever():
+    STOP.wait(120)
+
+def quick(done):
+    done.set()
+
+def test_raw_thread_leaks():
+    _thread.start_new_thread(serve_forever, ())
+
+def test_raw_thread_that_ends_is_fine():
+    done = threading.Event()
+    _thread.start_new_thread(quick, (done,))
+    assert done.wait(10)
+
+def test_raw_thread_started_by_a_raw_thread_is_the_tests_too():
+    started = threading.Event()
+
+    def outer():
+        _thread.start_new_thread(serve_forever, ())
+        started.set()
+
+    _thread.start_new_thread(outer, ())
+    assert started.wait(10)
+
+def test_raw_thread_bad_arguments_raise_as_without_the_check():
+    import pytest
+    with pytest.raises(TypeError):
+        _thread.start_new_thread(serve_forever, [])  # args must be a tuple
+    with pytest.raises(TypeError):
+        _thread.start_new_thread("not callable", ())
+"""
+
+
+def test_threads_started_with_the_thread_module_are_attributed_to_their_test(
+    tl: pytest.Pytester,
+) -> None:
+    tl.makepyfile(test_raw=RAW)
+    result = run(tl, "--thread-leak-check", "--thread-leak-grace=0.5", "-p", "no:randomly")
+    result.assert_outcomes(passed=4, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at teardown of test_raw_thread_leaks _*",
+            "1 thread(s) started by test_raw.py::test_raw_thread_leaks still running 0.5s "
+            "after its teardown:",
+            "--- thread '<_thread *>' (started with _thread, no Thread object), target "
+            "test_raw.serve_forever",
+            "started at *test_raw.py:13 in test_raw_thread_leaks",
+            "start stack (most recent call last):",
+            "*_thread.start_new_thread(serve_forever, ())",
+            "current stack (most recent call last):",
+            '  File "*test_raw.py", line 7, in serve_forever',
+            "*STOP.wait(120)",
+            "*_ ERROR at teardown of test_raw_thread_started_by_a_raw_thread_is_the_tests_too _*",
+            "1 thread(s) started by test_raw.py::test_raw_thread_started_by_a_raw_thread_is_the_"
+            "tests_too still running 0.5s after its teardown:",
+            "--- thread '<_thread *>' (started with _thread, no Thread object), target "
+            "test_raw.serve_forever",
+            "started at *test_raw.py:* in outer",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*test_raw_thread_that_ends_is_fine still running*")
+
+
+def test_allow_thread_leak_patterns_match_thread_module_threads(tl: pytest.Pytester) -> None:
+    tl.makepyfile(
+        test_raw_allowed="""
+        import _thread
+        import pytest
+        from helpers import STOP
+
+        @pytest.mark.allow_thread_leak("^<_thread ")
+        def test_allowed():
+            _thread.start_new_thread(STOP.wait, (120,))
+        """
+    )
+    result = run(tl, "--thread-leak-check", "--thread-leak-grace=0.2")
+    result.assert_outcomes(passed=1)

@@ -265,3 +265,35 @@ def test_check_all_reports_sockets_still_open_after_the_grace(stop: threading.Ev
         stop.set()
         thread.join(10)
         sock.close()
+
+
+def test_a_thread_started_with_the_thread_module_is_reported_and_the_patch_undone(
+    stop: threading.Event,
+) -> None:
+    import _thread
+
+    original = _thread.start_new_thread
+    finished = threading.Event()
+
+    def wait_then_signal() -> None:
+        stop.wait(60)
+        finished.set()
+
+    with pytest.raises(ThreadLeakError) as info:
+        with ThreadLeakChecker(grace=0.1):
+            assert _thread.start_new_thread is not original  # patched while it runs
+            _thread.start_new_thread(wait_then_signal, ())
+    assert _thread.start_new_thread is original
+    stop.set()
+    assert finished.wait(10)
+    [leak] = info.value.threads
+    assert leak.thread is None and leak.name.startswith("<_thread ")
+    assert leak.target.endswith("wait_then_signal")
+    assert leak.started_at.startswith(f"{__file__}:")
+    assert "in wait_then_signal" in leak.current_stack
+    assert "(started with _thread, no Thread object)" in str(info.value)
+
+    done = threading.Event()
+    with ThreadLeakChecker(grace=5):  # one that ends within the grace is no leak
+        _thread.start_new_thread(done.set, ())
+    assert done.is_set()

@@ -57,6 +57,19 @@ def test_unclosed_pool_is_caught_by_the_socket_leak_check(run_buggy):
     ])
 
 
+def test_dropped_connection_is_caught_by_the_collected_socket_check(run_buggy):
+    result = run_buggy("dropped_connection.py", "--socket-leak-collected")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_ask*",
+        f"1 socket(s) created by {BUGGY}dropped_connection.py::test_ask garbage-collected "
+        "without being closed (Python closed them, with a ResourceWarning):",
+        "--- socket fd=* AF_INET SOCK_STREAM 127.0.0.1:* -> 127.0.0.1:*",
+        "created at */dropped_connection.py:* in ask",
+        "    sock = socket.create_connection(address, timeout=5)  # BUG: never closed",
+    ])
+
+
 def test_abba_order_is_caught_by_the_lock_order_check(run_buggy):
     result = run_buggy("abba_locks.py", "--lock-order-check")
     result.assert_outcomes(failed=1)
@@ -102,8 +115,8 @@ def test_missing_read_timeout_is_caught_with_a_timeout_fault_and_the_watchdog(ru
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*_ test_a_silent_network_is_a_timeout _*",
-        f"Hang: {BUGGY}no_read_timeout.py::test_a_silent_network_is_a_timeout still running "
-        "after 2s (--deadlock-timeout); no wait-for cycle among tracked locks and joins.",
+        f"Hang: {BUGGY}no_read_timeout.py::test_a_silent_network_is_a_timeout hung in call: still "
+        "running after 2s (--deadlock-timeout); no wait-for cycle among tracked locks and joins.",
         "--- thread 'MainThread' (ident *):",
         '  File "*/no_read_timeout.py", line *, in get',
         "    chunk = sock.recv(4096)",

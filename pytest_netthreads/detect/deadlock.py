@@ -305,6 +305,7 @@ class DeadlockDetector:
         self._timeout: float | None = None
         self._interrupted_at: float | None = None
         self._source: str | None = None
+        self._phase: str | None = None
         self._reported: set[frozenset[int]] = set()
         self._reports: list[DeadlockReport] = []
         self._forked = False  # a forked child: the watchdog thread did not come along
@@ -379,6 +380,7 @@ class DeadlockDetector:
         ident: int | None = None,
         *,
         source: str | None = None,
+        phase: str | None = None,
     ) -> None:
         """Watch the work ``label`` running in thread ``ident`` (default: the caller).
 
@@ -389,6 +391,8 @@ class DeadlockDetector:
             ident: the thread to interrupt.
             source: what set the deadline, named in the hang report
                 (``"--deadlock-timeout"``).
+            phase: the part of the work now running (``"setup"``, ``"call"``,
+                ``"teardown"``), named in the hang report (``hung in teardown``).
         """
         if label is not None and not isinstance(label, str):
             raise TypeError(f"label must be a str or None, got {label!r}")
@@ -398,6 +402,8 @@ class DeadlockDetector:
             raise TypeError(f"ident must be a thread ident (int) or None, got {ident!r}")
         if source is not None and not isinstance(source, str):
             raise TypeError(f"source must be a str or None, got {source!r}")
+        if phase is not None and not isinstance(phase, str):
+            raise TypeError(f"phase must be a str or None, got {phase!r}")
         if self._forked:
             self._forked = False
             self._start_thread()
@@ -407,6 +413,7 @@ class DeadlockDetector:
             self._test_ident = threading.get_ident() if ident is None else ident
             self._timeout = timeout or None
             self._source = source
+            self._phase = phase
             self._deadline = monotonic() + timeout if timeout else None
             self._interrupted_at = None
             self._reported = set()
@@ -426,6 +433,7 @@ class DeadlockDetector:
             ident = self._test_ident
             self._generation += 1
             self._label = None
+            self._phase = None
             self._test_ident = None
             self._deadline = None
             self._interrupted_at = None
@@ -537,6 +545,7 @@ class DeadlockDetector:
             label = self._label
             timeout = self._timeout
             source = self._source
+            phase = self._phase
         if test_ident is None:
             return
         if interrupted is not None:
@@ -549,8 +558,9 @@ class DeadlockDetector:
         if deadline is None or now < deadline:
             return
         why = f" ({source})" if source else ""
+        where = f" hung in {phase}:" if phase else ""
         text = (
-            f"Hang: {label or 'the test'} still running after {timeout:g}s{why}; "
+            f"Hang: {label or 'the test'}{where} still running after {timeout:g}s{why}; "
             "no wait-for cycle among tracked locks and joins.\n"
             "Wait-for state:\n" + format_wait_state(locks.waits()) + "Stacks of every thread "
             "(most recent call last):\n" + _format_stacks()

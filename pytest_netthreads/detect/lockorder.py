@@ -11,6 +11,14 @@ Not reported: RLock re-entry (not an acquisition), non-blocking and timed acquir
 wait forever), consistent orders, and two locks of the same class (nested locks created at one
 line, e.g. per-object locks taken in a fixed order, cannot be told apart by creation site).
 
+Not recorded either: edges formed by the thread running the garbage collector while it
+collects. A ``__del__`` or a weakref callback of an unreachable object runs wherever the
+collection happened to start, under whatever locks that thread held then (even inside a
+tracked lock's own code): the lock it takes is not taken in the order the user's code takes
+locks. ``gc.callbacks`` say when a collection starts and stops; the edge listener, not the
+acquisition path, reads the flag they set, so acquiring a lock costs nothing more. An edge
+skipped so is still new the next time it is seen outside a collection.
+
 Usable without pytest::
 
     with LockOrderChecker() as checker:
@@ -21,6 +29,8 @@ Usable without pytest::
 
 from __future__ import annotations
 
+import _thread
+import gc
 import os
 import threading
 import weakref
@@ -111,11 +121,46 @@ def format_report(edges: list[LockOrderEdge]) -> str:
 
 _CHECKERS: weakref.WeakSet[LockOrderChecker] = weakref.WeakSet()
 
+# The ident of the thread running the garbage collector, while it collects (else None).
+_collecting: int | None = None
+_gc_users = 0  # checkers started: the gc callback is installed while there is one
+_gc_users_lock = locks.raw_lock()
+
+
+def _on_gc(phase: str, info: dict[str, int]) -> None:
+    # Runs in the collecting thread, inside the collection (which may have started in any
+    # allocation, a tracked lock's own code included): no lock, no allocation to speak of.
+    global _collecting
+    _collecting = _thread.get_ident() if phase == "start" else None
+
+
+def _watch_gc() -> None:
+    global _gc_users
+    with _gc_users_lock:
+        if _gc_users == 0:
+            gc.callbacks.append(_on_gc)
+        _gc_users += 1
+
+
+def _unwatch_gc() -> None:
+    global _gc_users, _collecting
+    with _gc_users_lock:
+        _gc_users -= 1
+        if _gc_users == 0:
+            try:
+                gc.callbacks.remove(_on_gc)
+            except ValueError:  # someone cleared gc.callbacks
+                pass
+            _collecting = None
+
 
 def _after_fork_in_child() -> None:
+    global _gc_users_lock, _collecting
     # Another thread may have been recording an edge at the fork: a fresh lock for each.
     for checker in list(_CHECKERS):
         checker._lock = locks.raw_lock()
+    _gc_users_lock = locks.raw_lock()
+    _collecting = None  # a collection in another thread did not come along
 
 
 if hasattr(os, "register_at_fork"):
@@ -145,6 +190,7 @@ class LockOrderChecker:
             raise RuntimeError("the lock-order checker was already started")
         self._started = True
         locks.install(deadlock=False, lock_order=True)
+        _watch_gc()
         # The newest listener is called first: a nested checker records (and reports) the
         # edges that appear while it runs.
         self._remove_listener = locks.add_edge_listener(self._on_new_edge)
@@ -157,6 +203,7 @@ class LockOrderChecker:
         if self._remove_listener is not None:
             self._remove_listener()
             self._remove_listener = None
+        _unwatch_gc()
         locks.uninstall(deadlock=False, lock_order=True)
 
     def __enter__(self) -> LockOrderChecker:
@@ -172,6 +219,12 @@ class LockOrderChecker:
         return reports
 
     def _on_new_edge(self, held: Any, lock: Any, frame: FrameType) -> None:
+        collecting = _collecting
+        if collecting is not None and collecting == _thread.get_ident():
+            # A finalizer run by the garbage collector: not the user's lock order. (Also
+            # what keeps a collection started inside this method, under self._lock, from
+            # coming back here.)
+            return
         first: LockClass = held.lock_class
         second: LockClass = lock.lock_class
         report = None

@@ -10,7 +10,10 @@ server closes them at its stop), the shared reactor's own wake-up sockets, and s
 owner is no test (created before the checker started, or by threads that existed before).
 A socket that was garbage-collected is not open any more (Python warns about it with a
 ``ResourceWarning`` of its own); before reporting, the garbage collector runs once, so a
-socket kept alive only by a reference cycle is not reported.
+socket kept alive only by a reference cycle is not reported as open. With ``collected=True``
+the checker also notes each socket it recorded that is garbage-collected while still open
+(the ``ResourceWarning`` case, which names no creation site): :class:`LeakedSocket` with
+``collected=True``.
 """
 
 from __future__ import annotations
@@ -46,21 +49,24 @@ class SocketRecord:
 
 @dataclass(frozen=True)
 class LeakedSocket:
-    """A socket still open (``fileno() != -1``) when its owner was checked.
+    """A socket still open (``fileno() != -1``) when its owner was checked, or (``collected``)
+    one garbage-collected while still open.
 
     Attributes:
-        socket: the socket itself.
+        socket: the socket itself (``None`` for a collected one).
         description: family, type, local and peer address.
         owner: the owner's label.
         created_at: ``file:line in function`` of the code that created it.
         creation_stack: the stack that created it, formatted (most recent call last).
     """
 
-    socket: socket.socket
+    socket: socket.socket | None
     description: str
     owner: str
     created_at: str
     creation_stack: str
+    collected: bool = False
+    """Garbage-collected without being closed (Python closed it, with a ``ResourceWarning``)."""
 
     def format(self) -> str:
         return (
@@ -131,15 +137,41 @@ def find_leaked_sockets(records: list[SocketRecord]) -> list[LeakedSocket]:
     return leaks
 
 
+def collected_leak(record: SocketRecord, description: str) -> LeakedSocket:
+    """The :class:`LeakedSocket` of a socket collected while open (``description`` was taken
+    in its finalizer, before Python closed it)."""
+    return LeakedSocket(
+        socket=None,
+        description=description,
+        owner=str(record.owner),
+        created_at=where(record.frames),
+        creation_stack=format_frames(record.frames),
+        collected=True,
+    )
+
+
 def format_socket_leaks(owner: str, leaks: list[LeakedSocket]) -> str:
-    """The report for ``leaks``: a headline naming ``owner``, then each socket."""
-    head = f"{len(leaks)} socket(s) created by {owner} still open after its teardown:"
-    return "\n".join([head, *(leak.format() for leak in leaks)])
+    """The report for ``leaks``: a headline naming ``owner``, then each socket (those left
+    open, then those collected unclosed, each kind under its own headline)."""
+    parts = []
+    still = [leak for leak in leaks if not leak.collected]
+    if still:
+        parts.append(f"{len(still)} socket(s) created by {owner} still open after its teardown:")
+        parts.extend(leak.format() for leak in still)
+    collected = [leak for leak in leaks if leak.collected]
+    if collected:
+        parts.append(
+            f"{len(collected)} socket(s) created by {owner} garbage-collected without being "
+            "closed (Python closed them, with a ResourceWarning):"
+        )
+        parts.extend(leak.format() for leak in collected)
+    return "\n".join(parts)
 
 
 __all__ = [
     "LeakedSocket",
     "SocketRecord",
+    "collected_leak",
     "describe_socket",
     "find_leaked_sockets",
     "format_socket_leaks",

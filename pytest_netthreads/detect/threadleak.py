@@ -25,11 +25,17 @@ Who owns a new thread:
 4. a thread started by the thread that drives the checker belongs to the current owner;
 5. anything else (threads started by threads that existed before the checker) is untracked.
 
-With ``sockets=True`` it also records the sockets each owner creates (see ``socketleak.py``).
+Threads started without a :class:`threading.Thread`, with ``_thread.start_new_thread`` (and
+``_thread.start_joinable_thread`` where it exists), are recorded too, by rules 3 to 5; they
+have no name, so they are reported as ``<_thread IDENT>``.
+
+With ``sockets=True`` it also records the sockets each owner creates (see ``socketleak.py``);
+with ``collected=True`` too, the sockets that are garbage-collected while still open.
 """
 
 from __future__ import annotations
 
+import _thread
 import concurrent.futures
 import functools
 import re
@@ -41,17 +47,20 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .._runtime import values
 from .._runtime.patching import Patch, patch, undo_all
-from .._runtime.stacks import Frame, format_frames, format_thread_stack, where
+from .._runtime.stacks import Frame, format_frames, format_thread_stack, walk, where
 from .._runtime.stacks import capture as capture_stack
 from .._runtime.threads import add_creation_listener, is_internal
 from .socketleak import (
     LeakedSocket,
     SocketRecord,
+    collected_leak,
+    describe_socket,
     find_leaked_sockets,
     format_socket_leaks,
     still_open,
@@ -95,13 +104,36 @@ class _Started:
     frames: tuple[Frame, ...]
 
 
+@dataclass(eq=False)
+class _RawStarted:
+    """One thread started with ``_thread`` (no ``Thread`` object): ``done`` is held until
+    its function returns, so that checking it is a timed acquire."""
+
+    owner: Hashable
+    target: str
+    frames: tuple[Frame, ...]
+    done: Any = dataclass_field(default_factory=_thread.allocate_lock)
+    ident: int | None = None
+
+    def finished(self, timeout: float = 0.0) -> bool:
+        """Whether its function returned, waiting up to ``timeout`` seconds for it."""
+        if self.done.acquire(timeout > 0, timeout if timeout > 0 else -1):
+            self.done.release()
+            return True
+        return False
+
+
+def _raw_name(ident: int | None) -> str:
+    return f"<_thread {ident}>"
+
+
 @dataclass(frozen=True)
 class LeakedThread:
     """A thread an owner started that was still alive when the owner was checked.
 
     Attributes:
-        thread: the thread itself.
-        name: its name at check time.
+        thread: the thread itself (``None`` for one started with ``_thread``).
+        name: its name at check time (``<_thread IDENT>`` for one started with ``_thread``).
         daemon: whether it is a daemon thread.
         target: the qualified name of its target (or of its ``run`` method).
         owner: the owner's label (the test's node id, for instance).
@@ -110,7 +142,7 @@ class LeakedThread:
         current_stack: its stack at check time, formatted.
     """
 
-    thread: threading.Thread
+    thread: threading.Thread | None
     name: str
     daemon: bool
     target: str
@@ -121,6 +153,8 @@ class LeakedThread:
 
     def format(self) -> str:
         kind = "daemon" if self.daemon else "non-daemon"
+        if self.thread is None:
+            kind = "started with _thread, no Thread object"
         return (
             f"--- thread {self.name!r} ({kind}), target {self.target}\n"
             f"started at {self.started_at}\n"
@@ -207,16 +241,26 @@ class ThreadLeakChecker:
         ignore: regular expressions; threads whose name matches one (``re.search``) are never
             reported.
         sockets: also record the sockets each owner creates (see :meth:`check_sockets`).
+        collected: with ``sockets``, also report the sockets an owner created that were
+            garbage-collected while still open (Python closes those itself, with a
+            ``ResourceWarning`` that does not say where they were created). The warning
+            is still raised as without the checker.
 
     Raises:
-        TypeError: ``grace`` is not a number (or is a ``bool``), ``sockets`` is not a
-            ``bool``, ``ignore`` is a ``str`` or holds something else than ``str``.
+        TypeError: ``grace`` is not a number (or is a ``bool``), ``sockets`` or
+            ``collected`` is not a ``bool``, ``ignore`` is a ``str`` or holds something
+            else than ``str``.
         ValueError: ``grace`` is NaN, negative, infinite or above :data:`MAX_GRACE`; a
-            pattern in ``ignore`` does not compile.
+            pattern in ``ignore`` does not compile; ``collected`` without ``sockets``.
     """
 
     def __init__(
-        self, *, grace: float = 1.0, ignore: Iterable[str] = (), sockets: bool = False
+        self,
+        *,
+        grace: float = 1.0,
+        ignore: Iterable[str] = (),
+        sockets: bool = False,
+        collected: bool = False,
     ) -> None:
         self.grace = grace
         if isinstance(ignore, str):
@@ -225,6 +269,16 @@ class ThreadLeakChecker:
         if not isinstance(sockets, bool):
             raise TypeError(f"sockets must be True or False, got {sockets!r}")
         self.sockets = sockets
+        if not isinstance(collected, bool):
+            raise TypeError(f"collected must be True or False, got {collected!r}")
+        if collected and not sockets:
+            raise ValueError("collected=True needs sockets=True (it reports recorded sockets)")
+        self.collected = collected
+        # id() of a live recorded socket -> its record (collected=True): found in its
+        # finalizer, when a weak reference to it may already be cleared (cyclic garbage).
+        self._by_id: dict[int, SocketRecord] = {}
+        # owner -> (record, description) of its sockets collected while open
+        self._collected: dict[Hashable, list[tuple[SocketRecord, str]]] = {}
         self._lock = threading.Lock()
         self._owner: Hashable | None = None
         self._driver: threading.Thread | None = None
@@ -235,6 +289,8 @@ class ThreadLeakChecker:
         self._objects: weakref.WeakKeyDictionary[Any, Hashable] = weakref.WeakKeyDictionary()
         self._owned: dict[Hashable, list[_Started]] = {}
         self._sockets: dict[Hashable, list[SocketRecord]] = {}
+        self._raw: dict[Hashable, list[_RawStarted]] = {}
+        self._raw_running: dict[int, Hashable] = {}  # ident of a running raw thread -> owner
         self._patches: list[Patch] = []
         self._remove_listener: Callable[[], None] | None = None
         self._running = False
@@ -266,8 +322,16 @@ class ThreadLeakChecker:
         self._patch(concurrent.futures.ThreadPoolExecutor, "__init__", self._wrap_init)
         # A ThreadedServer announces itself (it starts its threads later, from the reactor).
         self._remove_listener = add_creation_listener(self._note_creator)
+        for name in _RAW_STARTS:
+            if hasattr(_thread, name):
+                make = self._wrap_joinable if name == "start_joinable_thread" else self._wrap_raw
+                self._patch(_thread, name, make)
         if self.sockets:
             self._patch(socket.socket, "__init__", self._wrap_socket_init)
+        if self.collected:
+            # socket.socket has no __del__ of its own: the C finalizer it inherits warns and
+            # closes; this one looks first, then calls it (same warning, same close).
+            self._patch(socket.socket, "__del__", self._wrap_socket_del)
         return self
 
     def stop(self) -> None:
@@ -283,6 +347,7 @@ class ThreadLeakChecker:
             self._remove_listener = None
         self._running = False
         undo_all(self._patches)  # a conflict stays in the list: a later stop() tries again
+        self._by_id.clear()  # ids of sockets that die unwatched may be reused
 
     def __enter__(self) -> Self:
         self.start()
@@ -309,7 +374,7 @@ class ThreadLeakChecker:
                 parts.append(format_socket_leaks("the checked block", socks))
             raise ThreadLeakError("\n\n".join(parts), threads, socks)
 
-    def _patch(self, cls: type, name: str, make: Callable[[Any], Any]) -> None:
+    def _patch(self, cls: Any, name: str, make: Callable[[Any], Any]) -> None:
         self._patches.append(patch(cls, name, make(getattr(cls, name)), by="ThreadLeakChecker"))
 
     # -- ownership -----------------------------------------------------------------------
@@ -346,7 +411,10 @@ class ThreadLeakChecker:
         current = threading.current_thread()
         if current is self._driver:
             return self._owner
-        return self._started.get(current)
+        owner = self._started.get(current)
+        if owner is None and self._raw_running:
+            owner = self._raw_running.get(_thread.get_ident())
+        return owner
 
     def _object_owner(self, thread: threading.Thread) -> tuple[bool, Hashable | None]:
         """``(True, owner)`` when the thread's target belongs to an object we saw created."""
@@ -405,6 +473,87 @@ class ThreadLeakChecker:
 
         return start
 
+    def _wrap_raw(self, original: Callable[..., int]) -> Callable[..., int]:
+        checker = self
+
+        @functools.wraps(original)
+        def start_new_thread(function: Any, args: Any, *kwargs: Any) -> int:
+            record = checker._on_raw_start(function)
+            if record is None:
+                return original(function, args, *kwargs)
+            try:
+                ident = original(checker._raw_body(record, function), args, *kwargs)
+            except BaseException:  # a bad argument: original's own error, nothing recorded
+                checker._forget_raw(record)
+                raise
+            record.ident = ident
+            return ident
+
+        return start_new_thread
+
+    def _wrap_joinable(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        checker = self
+
+        @functools.wraps(original)
+        def start_joinable_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
+            record = checker._on_raw_start(function)
+            if record is None:
+                return original(function, *args, **kwargs)
+            try:
+                handle = original(checker._raw_body(record, function), *args, **kwargs)
+            except BaseException:
+                checker._forget_raw(record)
+                raise
+            record.ident = getattr(handle, "ident", None)
+            return handle
+
+        return start_joinable_thread
+
+    def _on_raw_start(self, function: object) -> _RawStarted | None:
+        """The record of a thread about to be started with ``_thread`` (``None``: not ours to
+        track, or ``function`` is not callable and the original raises its own error)."""
+        try:
+            if not callable(function) or is_internal(threading.current_thread()):
+                return None
+            owner = self._caller_owner()
+            if owner is None:
+                return None
+            module = getattr(function, "__module__", None)
+            qualname = getattr(function, "__qualname__", None) or repr(function)
+            target = f"{module}.{qualname}" if module else str(qualname)
+            record = _RawStarted(owner, target, capture_stack(sys._getframe(2)))
+            record.done.acquire()
+            with self._lock:
+                owned = self._raw.setdefault(owner, [])
+                if len(owned) >= 256 and len(owned) & 255 == 0:
+                    owned[:] = [r for r in owned if not r.finished()]  # a long-lived owner
+                owned.append(record)
+            return record
+        except Exception:  # bookkeeping must never break the code under test
+            return None
+
+    def _raw_body(self, record: _RawStarted, function: Callable[..., Any]) -> Callable[..., Any]:
+        running = self._raw_running
+
+        def body(*args: Any, **kwargs: Any) -> Any:
+            ident = _thread.get_ident()
+            running[ident] = record.owner  # what it starts is its owner's too
+            try:
+                return function(*args, **kwargs)
+            finally:
+                running.pop(ident, None)
+                record.done.release()
+
+        return body
+
+    def _forget_raw(self, record: _RawStarted) -> None:
+        with self._lock:
+            owned = self._raw.get(record.owner)
+            if owned is not None and record in owned:
+                owned.remove(record)
+                if not owned:
+                    del self._raw[record.owner]
+
     def _on_start(self, thread: threading.Thread) -> _Started | None:
         if is_internal(thread):
             return None
@@ -441,10 +590,17 @@ class ThreadLeakChecker:
     def owners(self) -> list[Hashable]:
         """Owners with threads (or sockets) recorded and not checked yet."""
         with self._lock:
-            return list(dict.fromkeys([*self._owned, *self._sockets]))
+            return list(
+                dict.fromkeys([*self._owned, *self._raw, *self._sockets, *self._collected])
+            )
 
     def has_records(self, owner: Hashable) -> bool:
-        return owner in self._owned or owner in self._sockets
+        return (
+            owner in self._owned
+            or owner in self._raw
+            or owner in self._sockets
+            or owner in self._collected
+        )
 
     def check(
         self,
@@ -468,13 +624,19 @@ class ThreadLeakChecker:
         patterns = None if allow is None else _validate_allow(allow)
         with self._lock:
             records = self._owned.pop(owner, None)
-        if not records or patterns is None:
+            raw = self._raw.pop(owner, None) or []
+        if not (records or raw) or patterns is None:
             return []
-        reported = self._reported(self._live(records), patterns)
-        if not reported:
+        reported = self._reported(self._live(records or []), patterns)
+        raw = self._raw_reported(raw, patterns)
+        if not (reported or raw):
             return []
-        _join([thread for _, thread in reported], time.monotonic() + grace)
-        return [self._leak(r, thread) for r, thread in reported if thread.is_alive()]
+        deadline = time.monotonic() + grace
+        _join([thread for _, thread in reported], deadline)
+        return [
+            *(self._leak(r, thread) for r, thread in reported if thread.is_alive()),
+            *self._raw_leaks(raw, deadline),
+        ]
 
     def check_all(
         self,
@@ -497,16 +659,23 @@ class ThreadLeakChecker:
         patterns = None if allow is None else _validate_allow(allow)
         with self._lock:
             records = self._owned.pop(owner, None) or []
+            raw = self._raw.pop(owner, None) or []
             socket_records = self._sockets.pop(owner, None)
         deadline = time.monotonic() + grace
         live = self._live(records)
         reported = [] if patterns is None else self._reported(live, patterns)
+        raw_reported = [] if patterns is None else self._raw_reported(raw, patterns)
         if reported:
             _join([thread for _, thread in reported], deadline)
+        leaks = [self._leak(r, thread) for r, thread in reported if thread.is_alive()]
+        leaks += self._raw_leaks(raw_reported, deadline)
         sockets = []
         if socket_records:
+            if still_open(socket_records):
+                self._raw_leaks(raw, deadline)  # joins them: one may close a socket
             sockets = self._leaked_sockets(socket_records, [t for _, t in live], deadline)
-        return [self._leak(r, thread) for r, thread in reported if thread.is_alive()], sockets
+        # Last: the collection above may have collected some of them unclosed.
+        return leaks, sockets + self._take_collected(owner)
 
     def _live(self, records: list[_Started]) -> list[tuple[_Started, threading.Thread]]:
         """The records whose thread is alive (not the caller's, not the kit's), with it."""
@@ -528,6 +697,42 @@ class ThreadLeakChecker:
     ) -> list[tuple[_Started, threading.Thread]]:
         patterns = [*self.ignore, *allow]
         return [(r, t) for r, t in live if not any(p.search(t.name) for p in patterns)]
+
+    def _raw_reported(
+        self, raw: list[_RawStarted], allow: list[re.Pattern[str]]
+    ) -> list[_RawStarted]:
+        patterns = [*self.ignore, *allow]
+        return [r for r in raw if not any(p.search(_raw_name(r.ident)) for p in patterns)]
+
+    def _raw_leaks(self, raw: list[_RawStarted], deadline: float) -> list[LeakedThread]:
+        """The ``_thread`` threads of ``raw`` still running at ``deadline``."""
+        leaks = []
+        for record in raw:
+            if record.finished(max(0.0, deadline - time.monotonic())):
+                continue
+            ident = record.ident
+            frame = sys._current_frames().get(ident) if ident is not None else None
+            frames = walk(frame)
+            while frames and frames[0][0] == _THIS_FILE:  # the body that runs its function
+                del frames[0]
+            current = (
+                format_frames(frames)
+                if frames
+                else "    (no stack: the thread is not running)\n"
+            )
+            leaks.append(
+                LeakedThread(
+                    thread=None,
+                    name=_raw_name(ident),
+                    daemon=True,  # the interpreter does not wait for it at exit
+                    target=record.target,
+                    owner=str(record.owner),
+                    started_at=where(record.frames),
+                    start_stack=format_frames(record.frames),
+                    current_stack=current,
+                )
+            )
+        return leaks
 
     def _leak(self, record: _Started, thread: threading.Thread) -> LeakedThread:
         return LeakedThread(
@@ -559,6 +764,8 @@ class ThreadLeakChecker:
             except TypeError:  # a subclass with __slots__ and no __weakref__
                 return
             record = SocketRecord(ref, owner, capture_stack(sys._getframe(1)))
+            if checker.collected:
+                checker._by_id[id(sock)] = record
             with checker._lock:
                 owned = checker._sockets.get(owner)
                 if owned is None:
@@ -568,6 +775,40 @@ class ThreadLeakChecker:
                 owned.append(record)
 
         return __init__
+
+    def _wrap_socket_del(self, original: Callable[[Any], None]) -> Callable[[Any], None]:
+        by_id = self._by_id
+        collected = self._collected
+
+        @functools.wraps(original)
+        def __del__(sock: socket.socket) -> None:
+            # No lock here: a finalizer runs wherever a collection starts, maybe in a thread
+            # holding the checker's lock. Dict and list operations are atomic.
+            record = by_id.pop(id(sock), None)
+            if record is not None:
+                try:
+                    alive = record.ref()
+                    if (alive is None or alive is sock) and sock.fileno() != -1:
+                        entry = (record, describe_socket(sock))
+                        collected.setdefault(record.owner, []).append(entry)
+                except Exception:  # bookkeeping must never break a finalizer
+                    pass
+            # Python's own finalizer: ResourceWarning "unclosed" (as without the check, but
+            # raised from this line), then close.
+            original(sock)
+
+        return __del__
+
+    def _take_collected(self, owner: Hashable) -> list[LeakedSocket]:
+        """The sockets ``owner`` created that were collected while open (forgotten here)."""
+        entries = self._collected.pop(owner, None)
+        if not entries:
+            return []
+        return [
+            collected_leak(record, description)
+            for record, description in entries
+            if not record.kit_owned()
+        ]
 
     def check_sockets(self, owner: Hashable, *, grace: float | None = None) -> list[LeakedSocket]:
         """The sockets ``owner`` created that are still open. Forgets ``owner``'s sockets.
@@ -581,9 +822,10 @@ class ThreadLeakChecker:
             records = self._sockets.pop(owner, None)
             threads = list(self._owned.get(owner, ()))
         if not records:
-            return []
+            return self._take_collected(owner)
         live = [thread for _, thread in self._live(threads)]
-        return self._leaked_sockets(records, live, time.monotonic() + grace)
+        leaks = self._leaked_sockets(records, live, time.monotonic() + grace)
+        return leaks + self._take_collected(owner)
 
     def _leaked_sockets(
         self, records: list[SocketRecord], threads: list[threading.Thread], deadline: float
@@ -593,6 +835,13 @@ class ThreadLeakChecker:
             _join(threads, deadline)  # those already joined return at once
             candidates = still_open(candidates)
         return find_leaked_sockets(candidates)
+
+
+# The ``_thread`` functions that start a thread without a ``threading.Thread``
+# (``start_joinable_thread``, new in 3.13, is what ``Thread.start`` uses, through an alias of
+# its own that is not patched). ``start_new``, start_new_thread's deprecated alias, is not.
+_THIS_FILE = __file__
+_RAW_STARTS = ("start_new_thread", "start_joinable_thread")
 
 
 def _unfinished(thread: threading.Thread | None) -> bool:

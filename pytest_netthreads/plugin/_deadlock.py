@@ -20,8 +20,14 @@ if TYPE_CHECKING:
     from ..detect.lockorder import LockOrderReport
 
 _DEADLOCK_PLUGIN_NAME = "netthreads-deadlock"
+PHASES = ("setup", "call", "teardown")
+_OPTION_SOURCE = "--deadlock-timeout"
+# Each phase's deadline (None: none) and what set it, for the hang report.
+Deadlines = dict[str, tuple[float | None, str]]
 # A bad deadlock_timeout marker, found by the setup wrapper, raised by a plain setup hook.
 _MARKER_ERROR = pytest.StashKey[BaseException]()
+# The test's deadlines, from its marker (else the options'), found at setup.
+_DEADLINES = pytest.StashKey[Deadlines]()
 
 
 def add_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
@@ -40,29 +46,54 @@ def add_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
         help="fail a test that takes locks in an order inverse to an order seen before "
         "(a potential deadlock, even if none happened) (ini: lock_order_check)",
     )
+    for phase in PHASES:
+        group.addoption(
+            f"--deadlock-timeout-{phase}",
+            metavar="SECONDS",
+            default=None,
+            help=f"the deadline of the {phase} phase of each test (0: none), instead of "
+            f"--deadlock-timeout's; also turns the detector on "
+            f"(ini: deadlock_timeout_{phase})",
+        )
     parser.addini("deadlock_timeout", "like --deadlock-timeout (seconds)", default=None)
+    for phase in PHASES:
+        parser.addini(
+            f"deadlock_timeout_{phase}", f"like --deadlock-timeout-{phase} (seconds)", default=None
+        )
     parser.addini("lock_order_check", "like --lock-order-check", type="bool", default=False)
 
 
 def configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "deadlock_timeout(seconds): fail this test if it is still running after `seconds` "
-        "(0: wait-for cycles only); turns the deadlock detector on if it is off",
+        "deadlock_timeout(seconds=None, *, setup=None, call=None, teardown=None): fail this "
+        "test if a phase (setup, call, teardown) is still running after its seconds (`seconds` "
+        "for each phase not given; 0: wait-for cycles only); turns the deadlock detector on "
+        "if it is off",
     )
     timeout = _config.seconds(config, "deadlock_timeout")
+    deadlines: Deadlines = {}
+    for phase in PHASES:
+        value = _config.seconds(config, f"deadlock_timeout_{phase}")
+        if value is None:
+            deadlines[phase] = (timeout, _OPTION_SOURCE)
+        else:
+            deadlines[phase] = (value, f"{_OPTION_SOURCE}-{phase}")
+    deadlock = any(value is not None for value, _ in deadlines.values())
     lock_order = _config.flag(config, "lock_order_check")
-    if timeout is None and not lock_order:
+    if not deadlock and not lock_order:
         # Off: only look, once at collection, for a deadlock_timeout marker.
-        config.pluginmanager.register(_DeadlockMarkerProbe(config), _DEADLOCK_PLUGIN_NAME)
+        config.pluginmanager.register(
+            _DeadlockMarkerProbe(config, deadlines), _DEADLOCK_PLUGIN_NAME
+        )
         return
-    _start_deadlock_plugin(config, timeout, deadlock=timeout is not None, lock_order=lock_order)
+    _start_deadlock_plugin(config, deadlines, deadlock=deadlock, lock_order=lock_order)
 
 
 def _start_deadlock_plugin(
-    config: pytest.Config, timeout: float | None, *, deadlock: bool, lock_order: bool
+    config: pytest.Config, deadlines: Deadlines, *, deadlock: bool, lock_order: bool
 ) -> _DeadlockPlugin:
-    plugin = _DeadlockPlugin(config, timeout, deadlock=deadlock, lock_order=lock_order)
+    plugin = _DeadlockPlugin(config, deadlines, deadlock=deadlock, lock_order=lock_order)
     if config.pluginmanager.get_plugin(_DEADLOCK_PLUGIN_NAME) is not None:
         config.pluginmanager.unregister(name=_DEADLOCK_PLUGIN_NAME)
     config.pluginmanager.register(plugin, _DEADLOCK_PLUGIN_NAME)
@@ -78,34 +109,35 @@ def header(config: pytest.Config) -> list[str]:
         return []
     on = []
     if plugin.deadlock:
-        timeout = plugin.timeout
-        on.append(f"--deadlock-timeout={timeout:g}" if timeout else "--deadlock-timeout=0")
+        for timeout, source in plugin.deadlines.values():
+            shown = f"{source}={timeout or 0:g}"
+            if shown not in on:
+                on.append(shown)
     if plugin.checker is not None:
         on.append("--lock-order-check")
     return on
 
 
 class _DeadlockMarkerProbe:
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, deadlines: Deadlines) -> None:
         self.config = config
+        self.deadlines = deadlines
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         if any(item.get_closest_marker("deadlock_timeout") for item in items):
-            _start_deadlock_plugin(self.config, None, deadlock=True, lock_order=False)
-
-
-_OPTION_SOURCE = "--deadlock-timeout"
+            _start_deadlock_plugin(self.config, self.deadlines, deadlock=True, lock_order=False)
 
 
 class _DeadlockPlugin:
     """The hooks of ``--deadlock-timeout`` / ``--lock-order-check`` (registered when on)."""
 
     def __init__(
-        self, config: pytest.Config, timeout: float | None, *, deadlock: bool, lock_order: bool
+        self, config: pytest.Config, deadlines: Deadlines, *, deadlock: bool, lock_order: bool
     ) -> None:
         self.config = config
-        self.timeout = timeout
+        self.deadlines = deadlines
         self.deadlock = deadlock
+        self._debugging = False  # a debugger ran in the current test: no deadline any more
         self.detector: DeadlockDetector | None = None
         self.checker = LockOrderChecker() if lock_order else None
         self._stderr_fd = -1
@@ -132,7 +164,8 @@ class _DeadlockPlugin:
         if self.checker is not None:
             self.checker.start()
         if self.deadlock:
-            self.detector = self._new_detector(max(5.0, self.timeout or 0.0))
+            longest = max(timeout or 0.0 for timeout, _ in self.deadlines.values())
+            self.detector = self._new_detector(max(5.0, longest))
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         # --lock-order-check alone: a deadlock_timeout marker still turns the detector on.
@@ -154,20 +187,41 @@ class _DeadlockPlugin:
         if capman is not None:
             capman.suspend_global_capture(in_=False)
 
-    def _timeout_for(self, item: pytest.Item) -> tuple[float | None, str]:
-        """The test's deadline (``None``: none) and what set it, for the hang report."""
+    def _deadlines_for(self, item: pytest.Item) -> Deadlines:
+        """The test's deadline for each phase (``None``: none) and what set it.
+
+        A ``deadlock_timeout`` marker's keyword for a phase wins, then its seconds, then
+        ``--deadlock-timeout-<phase>``, then ``--deadlock-timeout``.
+        """
         marker = item.get_closest_marker("deadlock_timeout")
         if marker is None:
-            return self.timeout, _OPTION_SOURCE
+            return self.deadlines
         args = [repr(a) for a in marker.args] + [f"{k}={v!r}" for k, v in marker.kwargs.items()]
         source = f"@pytest.mark.deadlock_timeout({', '.join(args)})"
-        if len(marker.args) + len(marker.kwargs) != 1 or set(marker.kwargs) - {"seconds"}:
+        given = {"seconds": marker.args[0]} if len(marker.args) == 1 else {}
+        if (
+            len(marker.args) > 1
+            or not marker.args + tuple(marker.kwargs)
+            or set(marker.kwargs) - {"seconds", *PHASES}
+            or (given and "seconds" in marker.kwargs)
+        ):
             raise TypeError(
-                f"{source}: deadlock_timeout(seconds) takes one argument, the seconds, got "
-                f"args={marker.args!r} kwargs={marker.kwargs!r}"
+                f"{source}: deadlock_timeout(seconds=None, *, setup=None, call=None, "
+                "teardown=None) takes the seconds (the deadline of each phase) and/or a "
+                f"deadline per phase, got args={marker.args!r} kwargs={marker.kwargs!r}"
             )
-        value = marker.args[0] if marker.args else marker.kwargs["seconds"]
-        return values.seconds(value, f"{source}: seconds", maximum=values.MAX_TIMEOUT), source
+        given.update(marker.kwargs)
+        checked = {
+            key: values.seconds(value, f"{source}: {key}", maximum=values.MAX_TIMEOUT)
+            for key, value in given.items()
+        }
+        deadlines = dict(self.deadlines)
+        for phase in PHASES:
+            for key in (phase, "seconds"):
+                if key in checked:
+                    deadlines[phase] = (checked[key], source)
+                    break
+        return deadlines
 
     def _collect(self, item: pytest.Item | None) -> str | None:
         """Hand the pending reports to the hooks; the failure message, if any is left."""
@@ -228,18 +282,33 @@ class _DeadlockPlugin:
             self._failures.append(text)
         return True
 
+    def _arm(self, item: pytest.Item, phase: str) -> None:
+        """Watch ``phase`` of ``item`` with its own deadline (teardown too, whatever the call
+        did: a teardown that hangs after a failed or hung call is still caught)."""
+        if self.detector is None or self._debugging:
+            return
+        timeout, source = item.stash.get(_DEADLINES, self.deadlines)[phase]
+        self.detector.arm(item.nodeid, timeout, source=source, phase=phase)
+
+    def _watched(self, item: pytest.Item, phase: str) -> Generator[None, object, object]:
+        self._arm(item, phase)
+        try:
+            return (yield from self._phase(item))
+        finally:
+            if self.detector is not None:
+                self.detector.disarm()
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, object, object]:
+        self._debugging = False
         if self.detector is not None:
             try:
-                timeout, source = self._timeout_for(item)
+                item.stash[_DEADLINES] = self._deadlines_for(item)
             except (TypeError, ValueError) as exc:
                 # Raised by the plain hook below, inside every wrapper: raising here, before
                 # other plugins' setup wrappers ran, would break their teardown.
                 item.stash[_MARKER_ERROR] = exc
-                timeout, source = None, _OPTION_SOURCE
-            self.detector.arm(item.nodeid, timeout, source=source)
-        return (yield from self._phase(item))
+        return (yield from self._watched(item, "setup"))
 
     @pytest.hookimpl(tryfirst=True, specname="pytest_runtest_setup")
     def pytest_runtest_setup_marker_error(self, item: pytest.Item) -> None:
@@ -254,25 +323,24 @@ class _DeadlockPlugin:
     # watched again after a debugger started in it (cycles among other threads still are).
     @pytest.hookimpl(tryfirst=True)
     def pytest_enter_pdb(self) -> None:
+        self._debugging = True
         if self.detector is not None:
             self.detector.disarm()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_exception_interact(self) -> None:
-        if self.detector is not None and self.config.getoption("usepdb", False):
-            self.detector.disarm()  # --pdb: post-mortem debugging follows
+        if self.config.getoption("usepdb", False):
+            self._debugging = True  # --pdb: post-mortem debugging follows
+            if self.detector is not None:
+                self.detector.disarm()
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
-        return (yield from self._phase(item))
+        return (yield from self._watched(item, "call"))
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
-        try:
-            return (yield from self._phase(item))
-        finally:
-            if self.detector is not None:
-                self.detector.disarm()
+        return (yield from self._watched(item, "teardown"))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_terminal_summary(self) -> None:

@@ -42,6 +42,14 @@ def add_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
         help="fail a test (at teardown) that leaves sockets it created open "
         "(ini: socket_leak_check)",
     )
+    group.addoption(
+        "--socket-leak-collected",
+        action="store_true",
+        default=None,
+        help="with the socket leak check (turned on by this too), also fail a test whose "
+        "sockets were garbage-collected without being closed, naming where each was created "
+        "(ini: socket_leak_collected)",
+    )
     parser.addini("thread_leak_check", "like --thread-leak-check", type="bool", default=False)
     parser.addini("thread_leak_grace", "like --thread-leak-grace (seconds)", default="1.0")
     parser.addini(
@@ -51,6 +59,9 @@ def add_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
         default=[],
     )
     parser.addini("socket_leak_check", "like --socket-leak-check", type="bool", default=False)
+    parser.addini(
+        "socket_leak_collected", "like --socket-leak-collected", type="bool", default=False
+    )
     parser.addini(
         "socket_leak_ignore",
         "regexes, one a line: sockets whose description or creation site (as the report shows "
@@ -74,7 +85,8 @@ def configure(config: pytest.Config) -> None:
         "re.search), only those whose description or creation site matches one",
     )
     threads = _config.flag(config, "thread_leak_check")
-    sockets = _config.flag(config, "socket_leak_check")
+    collected = _config.flag(config, "socket_leak_collected")
+    sockets = collected or _config.flag(config, "socket_leak_check")
     if not (threads or sockets):
         return
     grace = _config.seconds(config, "thread_leak_grace")
@@ -87,7 +99,7 @@ def configure(config: pytest.Config) -> None:
         )
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
-    checker = ThreadLeakChecker(grace=grace, sockets=sockets)
+    checker = ThreadLeakChecker(grace=grace, sockets=sockets, collected=collected)
     checker.ignore = ignore
     checker.start()
     config.add_cleanup(checker.stop)
@@ -102,7 +114,9 @@ def header(config: pytest.Config) -> list[str]:
     if not isinstance(plugin, _ThreadLeakPlugin):
         return []
     on = [name for name, enabled in (("--thread-leak-check", plugin.threads),
-                                      ("--socket-leak-check", plugin.sockets)) if enabled]
+                                      ("--socket-leak-check", plugin.sockets),
+                                      ("--socket-leak-collected", plugin.checker.collected))
+          if enabled]
     return [f"{', '.join(on)} (grace {plugin.checker.grace:g}s)"]
 
 
@@ -260,7 +274,12 @@ class _ThreadLeakPlugin:
         if leaks:
             self._reports.append(format_socket_leaks(owner, leaks))
             self._found += [
-                ("socket_leak", f"{_by(owner)}{_socket_line(leak)}") for leak in leaks
+                (
+                    "socket_leak",
+                    f"{_by(owner)}{'collected unclosed: ' if leak.collected else ''}"
+                    f"{_socket_line(leak)}",
+                )
+                for leak in leaks
             ]
         return True
 

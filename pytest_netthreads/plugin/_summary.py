@@ -91,5 +91,7 @@ def deadlock_line(report: DeadlockReport) -> str:
         return f"wait-for cycle of {len(waits)} threads: " + "; ".join(waits)
     line = first_line(report.text)
     if report.label:
+        # "Hang: <test> hung in call: still..." -> "Hang in call: still..."
+        line = line.replace(f": {report.label} hung in ", " in ", 1)
         line = line.replace(f" {report.label} ", " ", 1)
     return line
