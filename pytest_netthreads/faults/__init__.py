@@ -10,7 +10,13 @@
 from __future__ import annotations
 
 from . import specs
-from .insocket import FaultedSocket, SocketFaultEvent, SocketFaultRule, SocketFaults
+from .insocket import (
+    FaultedSocket,
+    SocketFaultEvent,
+    SocketFaultRule,
+    SocketFaults,
+    UnmatchedRuleError,
+)
 from .proxy import (
     FaultEvent,
     FaultProxy,
@@ -32,5 +38,6 @@ __all__ = [
     "SocketFaultEvent",
     "SocketFaultRule",
     "SocketFaults",
+    "UnmatchedRuleError",
     *specs.__all__,
 ]
