@@ -131,7 +131,11 @@ def test_loop_sock_methods(echo_server: ThreadedServer) -> None:
                 await loop.sock_sendall(sock, b"more")
             return pieces
 
-    faults = (RecvChunks([2], cycle=True), ShortSends([1, 1]), SendError(BrokenPipeError, at_call=4))
+    faults = (
+        RecvChunks([2], cycle=True),
+        ShortSends([1, 1]),
+        SendError(BrokenPipeError, at_call=4),
+    )
     with SocketFaults(*faults, address=echo_server.address) as sf:
         pieces = run(client())
     assert pieces == [b"ab", b"cd", b"ef"]
@@ -183,7 +187,7 @@ def test_a_rule_that_matched_no_socket_raises(echo_server: ThreadedServer) -> No
         assert data == b"abc"  # not cut: the fault never applied
     message = str(info.value)
     assert "1 rule(s) matched no socket" in message
-    assert f"RecvChunks(sizes=(1,), cycle=False) for sockets connected to 127.0.0.1:" in message
+    assert "RecvChunks(sizes=(1,), cycle=False) for sockets connected to 127.0.0.1:" in message
     assert "test_faults_asyncio.py:" in message  # where the rule was added
     assert "no socket was connected while installed" in message
     assert [rule.faults for rule in info.value.rules] == [(RecvChunks([1]),)]
@@ -247,7 +251,8 @@ def test_the_fixture_fails_loudly_on_a_rule_that_matched_no_socket(
                 assert sock.recv(100)  # not cut: passes for the wrong reason
 
         def test_failed_anyway(echo_server, socket_faults):
-            socket_faults.add(faults.RecvError(TimeoutError, at_call=1), address=echo_server.address)
+            fault = faults.RecvError(TimeoutError, at_call=1)
+            socket_faults.add(fault, address=echo_server.address)
             assert False, "the client never connected"
 
         def test_optional(echo_server, socket_faults):
