@@ -271,7 +271,8 @@ class ProcessServer:
         self.stop_signal = _check_signal(stop_signal)
         self.bind_retries = _check_count(bind_retries, "bind_retries", 100)
         bind_pattern = _check_pattern(bind_error, "bind_error", str)
-        assert bind_pattern is not None  # a required str: checked above
+        if bind_pattern is None:
+            raise TypeError("bind_error must be a str regular expression or re.Pattern, got None")
         self._bind_error = bind_pattern
         self._env = _check_env(env)
         if cwd is not None:
@@ -516,6 +517,8 @@ class ProcessServer:
             except OSError as exc:
                 return f"connect to {values.format_address(address)}: {exc.strerror or exc}"
             if "port" in self._fields and not self._owns_listener():
+                if self._exit_status() is not None:
+                    return "it exited"  # the caller reports the exit
                 raise _PortTaken(
                     f"another process listens on {values.format_address(address)}"
                 )
