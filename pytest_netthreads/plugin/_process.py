@@ -39,8 +39,8 @@ class _ProcessPlugin:
         report = yield
         if report.failed:
             for process in item.stash.get(_PROCESSES, []):
-                if not process.was_ready:
-                    continue  # its start error has the log already
+                if not process.was_ready or process.exited_early:
+                    continue  # its start error, or its exit error, has the log already
                 lines = process.log().rstrip("\n").split("\n")
                 text = "\n".join(lines[-_LOG_LINES:])
                 if len(lines) > _LOG_LINES:
