@@ -138,7 +138,8 @@ def test_loop_sock_methods(echo_server: ThreadedServer) -> None:
     )
     with SocketFaults(*faults, address=echo_server.address) as sf:
         pieces = run(client())
-    assert pieces == [b"ab", b"cd", b"ef"]
+    # At most 2 bytes a read (fewer when the echo of a 1-byte send is all there is yet).
+    assert b"".join(pieces) == b"abcdef" and max(map(len, pieces)) <= 2, pieces
     (record,) = sf.sockets
     assert record.send_calls == 4  # 1 byte, 1 byte, the other 4, then the injected error
     assert record.bytes_sent == 6
