@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Awaitable, Iterator
 from typing import TypeVar
 
@@ -276,3 +277,35 @@ def test_the_fixture_fails_loudly_on_a_rule_that_matched_no_socket(
     result.stdout.fnmatch_lines(["*- socket_faults (call) -*",
                                  "*RecvError(*) for sockets connected to 127.0.0.1:*"])
     assert "ERROR at teardown of test_failed_anyway" not in result.stdout.str()
+
+
+def test_asyncio_tls_is_faulted_below_tls(
+    tls_echo_server: ThreadedServer, tls_client_context: ssl.SSLContext
+) -> None:
+    # asyncio runs TLS itself over the plain socket: the rule cuts the ciphertext (which the
+    # TLS layer joins again) and counts ciphertext bytes; an error has its effect.
+    async def client() -> bytes:
+        reader, writer = await asyncio.open_connection(
+            *tls_echo_server.address, ssl=tls_client_context, server_hostname="localhost"
+        )
+        try:
+            writer.write(b"hello")
+            await writer.drain()
+            return await reader.readexactly(5)
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+
+    with SocketFaults(RecvChunks([1], cycle=True), address=tls_echo_server.address) as sf:
+        assert run(client()) == b"hello"
+    (record,) = sf.sockets
+    assert not record.tls  # the plain socket below asyncio's TLS
+    assert record.bytes_received > 100  # the handshake's and the records' bytes
+    assert record.recv_calls >= record.bytes_received  # at most one byte a call
+
+    with SocketFaults(RecvError(ConnectionResetError, at_call=1)):
+        with pytest.raises(ConnectionResetError):
+            run(client())  # during the handshake
