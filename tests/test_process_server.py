@@ -293,3 +293,14 @@ def test_env_and_cwd(tmp_path: Path) -> None:
     code = "import os, time; print(os.environ['NT_X'], os.getcwd(), flush=True); time.sleep(600)"
     with ProcessServer([PY, "-c", code], ready_log="^v ", env={"NT_X": "v"}, cwd=tmp_path) as s:
         assert s.log().split() == ["v", str(tmp_path)]
+
+
+def test_a_banner_that_never_comes() -> None:
+    # Accepts and closes at once: connectable, but never says PONG.
+    code = ECHO.replace("            conn.sendall(data)", "            break")
+    server = ProcessServer(
+        [PY, "-c", code, "{port}"], ready_send=b"PING\r\n", ready_banner=rb"\+PONG",
+        start_timeout=0.5,
+    )
+    with pytest.raises(ProcessStartError, match="not matching ready_banner"):
+        server.start()

@@ -298,6 +298,9 @@ class SocketFaults:
             client.get(...)        # its recv calls return 1, 1, 2 bytes, then as usual
         print(sf.sockets, sf.log)
 
+    A rule that matched no socket by the end of the block raises
+    :class:`UnmatchedRuleError` there (see :meth:`check`).
+
     Args:
         faults: in-process faults (:class:`RecvChunks`, :class:`ShortSends`,
             :class:`RecvError`, :class:`SendError`) for a first rule (see :meth:`add`).

@@ -524,10 +524,10 @@ class ProcessServer:
                 )
             if self._ready_banner is None:
                 return None
+            received = b""
             try:
                 if self._ready_send:
                     sock.sendall(self._ready_send)
-                received = b""
                 while self._ready_banner.search(received) is None:
                     chunk = sock.recv(65536)
                     if not chunk:
