@@ -304,3 +304,14 @@ def test_a_banner_that_never_comes() -> None:
     )
     with pytest.raises(ProcessStartError, match="not matching ready_banner"):
         server.start()
+
+
+def test_a_forgotten_server_is_killed_when_collected() -> None:
+    import gc
+
+    server = ProcessServer([PY, "-c", ECHO, "{port}"]).start()
+    pid = server.pid
+    assert pid is not None and alive(pid)
+    del server
+    gc.collect()
+    assert not exists(pid)  # killed and reaped

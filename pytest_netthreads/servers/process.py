@@ -39,6 +39,7 @@ import string
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -309,6 +310,7 @@ class ProcessServer:
         """Whether :meth:`start` saw it ready (and returned)."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._pidfd: int | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self._dir: OwnedDirectory | None = None
         self._log_tail = ""
         self._state = "new"
@@ -463,6 +465,9 @@ class ProcessServer:
             )
         finally:
             os.close(log_fd)
+        # A server never stopped (forgotten, or this process exiting) is not left behind:
+        # its group is killed when this object is collected, or at exit.
+        self._finalizer = weakref.finalize(self, _kill_forgotten, self._proc)
         self._pidfd = _pidfd_open(self._proc.pid)
         self._wait_ready(deadline)
 
@@ -631,6 +636,9 @@ class ProcessServer:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         return survivors
 
     def _cleanup(self) -> None:
@@ -654,6 +662,15 @@ def _remove_stale_once() -> None:
         if not _stale_removed:
             _stale_removed = True
             remove_stale_directories(_DIR_PREFIX)
+
+
+def _kill_forgotten(proc: subprocess.Popen[bytes]) -> None:
+    """Kill and reap the group of a server that was never stopped (not a normal path)."""
+    if proc.returncode is None:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(_KILL_TIMEOUT)
 
 
 def _free_port(family: socket.AddressFamily, host: str) -> int:
