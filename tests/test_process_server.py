@@ -310,8 +310,9 @@ def test_a_forgotten_server_is_killed_when_collected() -> None:
     import gc
 
     server = ProcessServer([PY, "-c", ECHO, "{port}"]).start()
-    pid = server.pid
-    assert pid is not None and alive(pid)
+    pid, tmpdir = server.pid, server.tmpdir
+    assert pid is not None and alive(pid) and tmpdir is not None
     del server
     gc.collect()
     assert not exists(pid)  # killed and reaped
+    assert not os.path.exists(tmpdir)

@@ -467,7 +467,7 @@ class ProcessServer:
             os.close(log_fd)
         # A server never stopped (forgotten, or this process exiting) is not left behind:
         # its group is killed when this object is collected, or at exit.
-        self._finalizer = weakref.finalize(self, _kill_forgotten, self._proc)
+        self._finalizer = weakref.finalize(self, _kill_forgotten, self._proc, self._dir)
         self._pidfd = _pidfd_open(self._proc.pid)
         self._wait_ready(deadline)
 
@@ -664,13 +664,15 @@ def _remove_stale_once() -> None:
             remove_stale_directories(_DIR_PREFIX)
 
 
-def _kill_forgotten(proc: subprocess.Popen[bytes]) -> None:
-    """Kill and reap the group of a server that was never stopped (not a normal path)."""
+def _kill_forgotten(proc: subprocess.Popen[bytes], directory: OwnedDirectory) -> None:
+    """Kill and reap the group of a server that was never stopped (not a normal path), and
+    remove its directory."""
     if proc.returncode is None:
         with contextlib.suppress(OSError):
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(_KILL_TIMEOUT)
+    directory.remove()
 
 
 def _free_port(family: socket.AddressFamily, host: str) -> int:
