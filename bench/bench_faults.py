@@ -21,7 +21,12 @@ per-round ratios.
   direct and a proxied connection and uses them in turn for slices of 100 round trips, for
   ``2 * --seconds`` in all; the round's ratio is the median of the per-slice ratios;
 - Bandwidth(r): the downstream rate a client measures, for r from 10 kB/s to 50 MB/s;
-- Latency(d): the extra round-trip time over a no-fault proxy, for d from 10 to 250 ms.
+- Latency(d): the extra round-trip time over a no-fault proxy, for d from 10 to 250 ms;
+- message trigger, no match: one client, a plain proxy and a proxy whose fault waits for a
+  message that never comes (``ResetPeer(on=Message(Lines(), match=b"never"))``, both
+  directions), in front of the same in-process echo, 64-byte lines; the ratio is the
+  triggered proxy's round trips over the plain one's (goal: at least 0.9).
+  ``--messages-only`` runs this row alone.
 
 Results go to stdout and ``bench/results/faults.json``. ``--quick`` runs shorter.
 """
@@ -125,7 +130,9 @@ def client(mode: str, port: int, arg: float) -> dict[str, float]:
 _SLICE = 100  # round trips in one slice of rtt_pair()
 
 
-def rtt_pair(direct_port: int, proxy_port: int, seconds: float) -> dict[str, float]:
+def rtt_pair(
+    direct_port: int, proxy_port: int, seconds: float, payload: bytes = b"r" * 64
+) -> dict[str, float]:
     """One client, a direct and a proxied connection, used in turn for slices of round trips.
 
     Both paths get the same client process, message and moment: a burst of other work on a
@@ -136,14 +143,13 @@ def rtt_pair(direct_port: int, proxy_port: int, seconds: float) -> dict[str, flo
         socket.create_connection(("127.0.0.1", port), timeout=60)
         for port in (direct_port, proxy_port)
     ]
-    payload = b"r" * 64
-    buf = bytearray(64)
+    buf = bytearray(len(payload))
 
     def burst(sock: socket.socket, n: int) -> float:
         started = time.perf_counter()
         for _ in range(n):
             sock.sendall(payload)
-            _recv_exactly(sock, 64, buf)
+            _recv_exactly(sock, len(payload), buf)
         return time.perf_counter() - started
 
     try:
@@ -215,6 +221,38 @@ def direct_and_proxied(
     }
 
 
+def message_trigger_row(rounds: int, seconds: float) -> dict[str, Any]:
+    """Round trips through a proxy with a message trigger that never fires, over a plain one."""
+    from pytest_netthreads import ThreadedServer, handlers
+    from pytest_netthreads.faults import FaultProxy, Lines, Message, ResetPeer
+
+    never = ResetPeer(direction="both", on=Message(Lines(), match=b"never"))
+    with ThreadedServer(handlers.echo, concurrency="selector") as server, FaultProxy(
+        server, seed=1
+    ) as plain, FaultProxy(server, never, seed=1) as triggered:
+        plain_rates, triggered_rates, ratios = [], [], []
+        for _ in range(rounds):
+            pair = run_client("rtt-pair-lines", f"{plain.port},{triggered.port}", 2 * seconds)
+            plain_rates.append(pair["direct_per_s"])
+            triggered_rates.append(pair["proxy_per_s"])
+            ratios.append(pair["ratio"])
+        assert not triggered.log, triggered.format_log()  # it never fired
+    return {
+        "plain": statistics.median(plain_rates),
+        "triggered": statistics.median(triggered_rates),
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+    }
+
+
+def print_message_row(row: dict[str, Any]) -> None:
+    title = "message trigger, no match"
+    print(f"{title:<34}{'plain':>12}{'triggered':>12}{'ratio':>8}   per round")
+    each = " ".join(f"{r:.2f}" for r in row["ratios"])
+    print(f"{'  one-client round trips (/s)':<34}{row['plain']:>12.0f}{row['triggered']:>12.0f}"
+          f"{row['ratio']:>8.2f}   {each}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -222,9 +260,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--quick", action="store_true", help="shorter runs, one round")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument("--messages-only", action="store_true",
+                        help="only the message-trigger row (no results file)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.bulk_mb, args.seconds = 1, 50.0, 0.5
+    if args.messages_only:
+        print_message_row(message_trigger_row(args.rounds, args.seconds))
+        return
 
     from pytest_netthreads import ThreadedServer, handlers
     from pytest_netthreads.faults import Bandwidth, FaultProxy, Latency
@@ -282,6 +325,7 @@ def main() -> None:
         results["target_in_proxy_process"] = direct_and_proxied(
             server.port, proxy.port, args.rounds, args.bulk_mb, args.seconds
         )
+    results["message_trigger_no_match"] = message_trigger_row(args.rounds, args.seconds)
 
     print(f"{'measure':<34}{'direct':>12}{'proxy':>12}{'ratio':>8}   per round")
     for key, title in (
@@ -297,6 +341,8 @@ def main() -> None:
             each = " ".join(f"{r:.2f}" for r in row["ratios"])
             print(f"{label:<34}{row['direct']:>12{fmt}}{row['proxy']:>12{fmt}}"
                   f"{row['ratio']:>8.2f}   {each}")
+    print()
+    print_message_row(results["message_trigger_no_match"])
     print()
     print(f"{'Bandwidth set (B/s)':<34}{'measured':>12}{'ratio':>8}")
     for row in results["bandwidth"]:
@@ -318,6 +364,9 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "client" and sys.argv[2] == "rtt-pair":
         direct, proxied = (int(p) for p in sys.argv[3].split(","))
         print(json.dumps(rtt_pair(direct, proxied, float(sys.argv[4]))))
+    elif len(sys.argv) > 1 and sys.argv[1] == "client" and sys.argv[2] == "rtt-pair-lines":
+        plain, triggered = (int(p) for p in sys.argv[3].split(","))
+        print(json.dumps(rtt_pair(plain, triggered, float(sys.argv[4]), b"r" * 63 + b"\n")))
     elif len(sys.argv) > 1 and sys.argv[1] == "client":
         print(json.dumps(client(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))))
     else:

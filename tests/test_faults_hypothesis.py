@@ -7,6 +7,7 @@ the stream with in-process faults, finds the one-byte split that breaks it.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Callable, Iterator
 
@@ -15,12 +16,14 @@ from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 
 from pytest_netthreads import ThreadedServer, handlers
-from pytest_netthreads.faults import FaultProxy, ProxyFault, RecvChunks, SocketFaults
+from pytest_netthreads.faults import FaultProxy, Lines, ProxyFault, RecvChunks, SocketFaults
 from pytest_netthreads.faults.strategies import (
     chunkings,
     fault_plans,
+    message_triggers,
     proxy_faults,
     recv_chunks,
+    triggered_faults,
 )
 from tests._util import connect
 
@@ -125,3 +128,28 @@ def test_fault_plans_run_against_a_real_echo_server(
 @given(fault=proxy_faults())
 def test_drawn_faults_are_valid_and_hashable(fault: ProxyFault) -> None:
     assert hash(fault) == hash(type(fault)(**fault.__dict__))
+
+
+@given(fault=triggered_faults(Lines(), max_nth=4, max_bytes=8, max_seconds=0.01))
+@_SETTINGS
+def test_a_triggered_fault_leaves_the_messages_before_it_alone(
+    echo_server: ThreadedServer, fault: ProxyFault
+) -> None:
+    # On the answers: a fault on the requests may reset both sides while an answer is on
+    # its way, which is what a reset does.
+    fault = dataclasses.replace(fault, direction="downstream")
+    assert fault.on is not None and fault.on.nth is not None
+    before = fault.on.nth - 1  # answers the fault must not touch
+    if fault.on.at == "end":
+        before += 1
+    lines = [b"line %d\n" % i for i in range(5)]
+    with FaultProxy(echo_server, fault, seed=1) as proxy:
+        with connect(proxy.address, timeout=5) as sock, sock.makefile("rb") as rfile:
+            sock.sendall(b"".join(lines))
+            got = [rfile.readline() for _ in range(before)]
+    assert got == lines[:before]
+
+
+def test_message_triggers_refuse_a_bad_max_nth() -> None:
+    with pytest.raises(ValueError, match="max_nth must be an int >= 1"):
+        message_triggers(Lines(), max_nth=0)

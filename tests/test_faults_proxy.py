@@ -640,6 +640,8 @@ def test_a_seed_replays_the_draws_of_the_version_before_behaviours(echo: Threade
         log = proxy.log
     pipes: dict[str, list[str]] = {}
     for e in log:
+        if e.action in ("delay", "cut"):  # each chunk's draws, logged since (not in 5e535af)
+            continue
         pipes.setdefault(f"{e.connection}:{e.direction}", []).append(f"{e.offset}:{e.action}")
     assert {key: " ".join(actions) for key, actions in pipes.items()} == _REPLAY_LOG
     assert hashlib.sha256(got).hexdigest() == _REPLAY_DATA

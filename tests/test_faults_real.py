@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
@@ -21,9 +22,11 @@ from redis.retry import Retry
 
 from pytest_netthreads import ThreadedServer, handlers
 from pytest_netthreads.faults import (
+    RESP,
     FaultProxy,
     Latency,
     LimitData,
+    Message,
     ResetPeer,
     Slice,
     Timeout,
@@ -167,3 +170,79 @@ def test_urllib3_read_timeout(http_server: ThreadedServer) -> None:
         with urllib3.PoolManager(retries=False, timeout=timeout) as pool:
             with pytest.raises(urllib3.exceptions.ReadTimeoutError):
                 pool.request("GET", proxy.url + "/")
+
+
+# -- message triggers and holds (RESP) -----------------------------------------------------
+
+
+def test_redis_reset_on_exec_discards_the_transaction(
+    proxy: FaultProxy, redis_server: tuple[str, int]
+) -> None:
+    key = f"tx-{proxy.port}"
+    proxy.add(ResetPeer(direction="upstream", on=Message(RESP(), match=b"EXEC")))
+    client = _client(proxy)
+    direct = redis.Redis(*redis_server, socket_timeout=10)
+    try:
+        assert client.ping()  # commands before EXEC go through
+        pipe = client.pipeline(transaction=True)
+        pipe.set(key, "never")
+        pipe.incr(f"{key}-n")
+        with pytest.raises(redis.exceptions.ConnectionError):
+            pipe.execute()  # MULTI, SET, INCR, EXEC in one write: the reset falls before EXEC
+        # The server never got EXEC: the transaction was discarded with the connection.
+        assert direct.get(key) is None
+        assert direct.get(f"{key}-n") is None
+    finally:
+        client.close()
+        direct.close()
+    resets = [e for e in proxy.log if e.action == "reset"]
+    assert len(resets) == 1
+    assert proxy.connections[0].how_closed == "fault-reset"
+
+
+def test_redis_slow_nth_reply_times_the_client_out(proxy: FaultProxy) -> None:
+    # The second reply that holds "yes" is held back for an hour: the client times out.
+    proxy.add(Latency(3600, on=Message(RESP(), match=b"yes", nth=2)))
+    client = _client(proxy, timeout=0.5)
+    try:
+        assert client.echo("yes") == b"yes"
+        assert client.echo("no") == b"no"
+        with pytest.raises(redis.exceptions.TimeoutError):
+            client.echo("yes")
+    finally:
+        client.close()
+    # (the message's number counts the replies to redis-py's own setup commands too)
+    assert [e.action.split(" message ")[0] for e in proxy.log] == ["triggered by", "applied"]
+
+
+def test_redis_hold_orders_two_clients(proxy: FaultProxy, redis_server: tuple[str, int]) -> None:
+    key = f"order-{proxy.port}"
+    clients = [_client(proxy), _client(proxy)]
+    direct = redis.Redis(*redis_server, socket_timeout=10)
+    results: list[object] = []
+    try:
+        for client in clients:
+            assert client.ping()  # connected (and its handshake commands done) before holding
+        with proxy.hold("upstream", RESP()) as hold:
+            threads = [
+                threading.Thread(target=lambda c=c, v=v: results.append(c.rpush(key, v)))
+                for c, v in zip(clients, ("first-sent", "second-sent"))
+            ]
+            threads[0].start()
+            hold.wait_held(1)
+            threads[1].start()
+            held = hold.wait_held(2)
+            assert [m.connection for m in held] == [0, 1]
+            held[1].release()  # the second client's RPUSH reaches the server first
+            threads[1].join(10)
+            assert direct.lrange(key, 0, -1) == [b"second-sent"]
+            held[0].release()
+            threads[0].join(10)
+        assert not any(t.is_alive() for t in threads)
+        assert direct.lrange(key, 0, -1) == [b"second-sent", b"first-sent"]
+        assert sorted(results) == [1, 2]  # type: ignore[type-var]
+    finally:
+        for client in clients:
+            client.close()
+        direct.delete(key)
+        direct.close()

@@ -515,7 +515,7 @@ NAN = math.nan
         (lambda: HTTPResponse(headers=[("X", "\u20ac")]), ValueError, "Latin-1"),
         (lambda: HTTPResponse(reason=404), TypeError, "HTTPResponse(reason) must be a str"),
         (lambda: HTTPResponse(reason="OK\r\nX: 1"), ValueError, "HTTPResponse(reason) must be"),
-        (lambda: Expect("HELO"), TypeError, "Expect(data) must be bytes, got str"),
+        (lambda: Expect("HELO"), TypeError, "Expect(data) must be bytes or a bytes pattern"),
         (lambda: Expect(b""), ValueError, "Expect(data) must be non-empty bytes"),
         (lambda: Send(None), TypeError, "Send(data) must be bytes, got NoneType"),
         (lambda: CloseStep(reset="yes"), TypeError, "CloseStep(reset) must be True or False"),

@@ -37,4 +37,4 @@ def test_the_example_fault_applies_and_works_through_a_real_proxy(tmp_path: path
         PYTHONPATH=str(tmp_path),  # the patched copy, ahead of the installed package
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 passed" in result.stdout
+    assert "3 passed" in result.stdout

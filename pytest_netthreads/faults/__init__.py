@@ -3,13 +3,18 @@
 - Fault specs: frozen dataclasses validated when made (:mod:`.specs`; every name in its
   ``__all__`` is also here).
 - :class:`FaultProxy`: a TCP proxy in front of any server that applies proxy faults.
+- :class:`Network`: named nodes behind fault proxies, for partitions between them.
 - :class:`SocketFaults`: in-process faults on the sockets the code under test connects.
+- Message-aware faults: framings (:mod:`.framing`), the ``on=faults.Message(...)`` trigger
+  and :meth:`FaultProxy.hold` (:mod:`.hold`).
 - :mod:`pytest_netthreads.faults.strategies`: Hypothesis strategies (imports hypothesis).
 """
 
 from __future__ import annotations
 
 from . import specs
+from .framing import HTTP, RESP, Framing, FramingError, LengthPrefixed, Lines, TLSRecords
+from .hold import HeldMessage, MessageHold
 from .insocket import (
     FaultedSocket,
     SocketFaultEvent,
@@ -17,6 +22,7 @@ from .insocket import (
     SocketFaults,
     UnmatchedRuleError,
 )
+from .network import Cut, Network, PartitionMode
 from .proxy import (
     FaultEvent,
     FaultProxy,
@@ -28,9 +34,20 @@ from .proxy import (
 from .specs import *  # noqa: F403 (the specs, listed once: specs.__all__)
 
 __all__ = [
+    "Cut",
     "FaultEvent",
     "FaultProxy",
     "FaultedSocket",
+    "Framing",
+    "FramingError",
+    "HTTP",
+    "HeldMessage",
+    "LengthPrefixed",
+    "Lines",
+    "MessageHold",
+    "Network",
+    "PartitionMode",
+    "RESP",
     "ProxyConnection",
     "ProxyError",
     "ProxyFaultHandle",
@@ -38,6 +55,7 @@ __all__ = [
     "SocketFaultEvent",
     "SocketFaultRule",
     "SocketFaults",
+    "TLSRecords",
     "UnmatchedRuleError",
     *specs.__all__,
 ]

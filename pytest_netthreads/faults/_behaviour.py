@@ -30,6 +30,11 @@ share its seeded generator ``pipe.rng``; a seed replays a run because they draw 
 the same order for the same input: hooks run in the order of the faults, and every
 ``on_data`` before the chunk is cut (``Chunk.cut``).
 
+Under a message trigger (``fault.on``, a :class:`~.specs.Message`) a behaviour is made as
+above but acts only once the pipe fired it (:meth:`Behaviour.fire`): its hooks run from
+then on, its own offsets count from ``base`` (the firing message's offset), and ``on_data``
+sees only the chunks of its ``window`` (the firing message) unless the kind ``persists``.
+
 A new fault kind is a spec class in ``specs.py``, a behaviour class here and its line in
 :data:`BEHAVIOURS` (see "Adding a fault" in ``docs/faults.rst``).
 """
@@ -87,23 +92,45 @@ class Behaviour(Generic[F]):
     """Queue a mark behind the data once the stream reaches :meth:`stop_at` (then
     :meth:`on_mark`)."""
 
+    persists: ClassVar[bool] = False
+    """Under a message trigger (``on=``): once fired, act on the rest of the stream from the
+    first message that fired it (kinds that end the stream). Otherwise each firing message
+    gets the fault anew: ``base`` moves to it and ``on_data`` sees that message only."""
+
     def __init__(self, fault: F, pipe: Pipe) -> None:
         self.fault = fault
         self.pipe = pipe
         self.logged = False  # see log_once
         self.marked = False  # set by the pipe once it queued the mark
+        self.mark_offset: int | None = None  # where, if the pipe knew it exactly
+        self.base = 0
+        """Where the fault's own offsets (``after_bytes``...) count from: 0, or under a
+        message trigger the offset of the message that fired it."""
+        self.fired = fault.on is None
+        """Whether it acts: always without a trigger, once fired with one."""
+        self.window: tuple[float, float] | None = None
+        """Under a trigger: the stream offsets whose chunks ``on_data`` sees."""
 
-    def log(self, action: str, offset: int | None = None) -> None:
-        """Add ``action`` to the proxy's fault log, at ``offset`` (default: the pipe's)."""
+    def fire(self, base: int, end: float) -> None:
+        """A message trigger fired: act from stream offset ``base`` (on data up to ``end``)."""
+        if self.persists and self.fired:
+            return
+        self.fired = True
+        self.base = base
+        self.window = (base, end)
+
+    def log(self, action: str, offset: int | None = None, detail: str = "") -> None:
+        """Add ``action`` to the proxy's fault log, at ``offset`` (default: the pipe's), with
+        ``detail``: what the fault drew (so that a seed's replay can be checked on the log)."""
         pipe = self.pipe
         pipe.conn.event(pipe.direction, pipe.offset if offset is None else offset, action,
-                        self.fault)
+                        self.fault, detail)
 
-    def log_once(self, action: str, offset: int | None = None) -> None:
+    def log_once(self, action: str, offset: int | None = None, detail: str = "") -> None:
         """:meth:`log`, the first time only (for this fault on this pipe)."""
         if not self.logged:
             self.logged = True
-            self.log(action, offset)
+            self.log(action, offset, detail)
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -142,8 +169,12 @@ class LatencyBehaviour(Behaviour[specs.Latency]):
     def on_data(self, chunk: Chunk) -> None:
         fault = self.fault
         jitter = self.pipe.rng.uniform(-fault.jitter, fault.jitter) if fault.jitter else 0.0
-        chunk.ready += max(0.0, fault.seconds + jitter)
-        self.log_once("applied", chunk.offset)
+        delay = max(0.0, fault.seconds + jitter)
+        chunk.ready += delay
+        detail = f"delay {delay:.6f}s"
+        if self.logged and fault.jitter:  # each chunk's own draw
+            self.log("delay", chunk.offset, detail)
+        self.log_once("applied", chunk.offset, detail)
 
 
 _BURST = 0.02  # seconds of data Bandwidth may send at once to catch up
@@ -176,13 +207,17 @@ class BandwidthBehaviour(Behaviour[specs.Bandwidth]):
             pos += n
 
 
+_SHOWN_SIZES = 32  # a "cut" log event shows this many piece sizes at most
+
+
 class SliceBehaviour(Behaviour[specs.Slice]):
     def on_data(self, chunk: Chunk) -> None:
         self.log_once("applied", chunk.offset)
         if chunk.cut is None:  # the first Slice cuts
-            chunk.cut = self.pieces
+            offset = chunk.offset
+            chunk.cut = lambda length: self.pieces(length, offset)
 
-    def pieces(self, length: int) -> Pieces:
+    def pieces(self, length: int, offset: int | None = None) -> Pieces:
         fault, rng = self.fault, self.pipe.rng
         pieces: Pieces = []
         pos, step = 0, 0.0
@@ -193,6 +228,11 @@ class SliceBehaviour(Behaviour[specs.Slice]):
             pieces.append((step * fault.delay, min(size, length - pos)))
             pos += size
             step += 1.0
+        if fault.variation:  # the sizes drawn
+            sizes = [n for _, n in pieces]
+            shown = ",".join(map(str, sizes[:_SHOWN_SIZES]))
+            more = f",... ({len(sizes)} pieces)" if len(sizes) > _SHOWN_SIZES else ""
+            self.log("cut", offset, f"sizes {shown}{more}")
         return pieces
 
 
@@ -203,37 +243,43 @@ class CorruptBehaviour(Behaviour[specs.Corrupt]):
         buf = chunk.data = data if isinstance(data, bytearray) else bytearray(data)
         offset = chunk.offset
         end = offset + len(buf)
-        flipped = []
+        flipped = []  # (stream offset, the byte before the flip)
+        base = self.base
         for where in fault.offsets:
+            where += base
             if offset <= where < end:
+                flipped.append((where, buf[where - offset]))
                 buf[where - offset] ^= fault.mask
-                flipped.append(where)
         if fault.rate > 0:
             for i in range(len(buf)):
                 if rng.random() < fault.rate:
+                    flipped.append((offset + i, buf[i]))
                     buf[i] ^= fault.mask
-                    flipped.append(offset + i)
-        for where in flipped:
-            self.log("corrupt", where)
+        for where, before in flipped:
+            self.log("corrupt", where, f"0x{before:02x}->0x{before ^ fault.mask:02x}")
 
 
 class TimeoutBehaviour(Behaviour[specs.Timeout]):
+    persists = True
+
     def stop_at(self) -> int:
-        return self.fault.after_bytes
+        return self.base + self.fault.after_bytes
 
     def drops(self, offset: int) -> bool:
-        if offset < self.fault.after_bytes:
+        if offset < self.base + self.fault.after_bytes:
             return False
         self.log_once("drop from here", offset)
         return True
 
 
 class StallBehaviour(Behaviour[specs.Stall]):
+    persists = True
+
     def stop_at(self) -> int:
-        return self.fault.after_bytes
+        return self.base + self.fault.after_bytes
 
     def stops_reading(self) -> bool:
-        if self.pipe.offset < self.fault.after_bytes:
+        if self.pipe.offset < self.base + self.fault.after_bytes:
             return False
         self.log_once("stall")
         return True
@@ -241,24 +287,26 @@ class StallBehaviour(Behaviour[specs.Stall]):
 
 class ResetPeerBehaviour(Behaviour[specs.ResetPeer]):
     marks = True
+    persists = True
 
     def stop_at(self) -> int:
-        return self.fault.after_bytes
+        return self.base + self.fault.after_bytes
 
     def on_mark(self) -> None:
-        self.log("reset")
+        self.log("reset", self.mark_offset)
         self.pipe.conn.abort("fault-reset", None)
 
 
 class LimitDataBehaviour(Behaviour[specs.LimitData]):
     marks = True
+    persists = True
 
     def stop_at(self) -> int:
-        return self.fault.nbytes
+        return self.base + self.fault.nbytes
 
     def on_mark(self) -> None:
         pipe = self.pipe
-        self.log("limit reached: FIN")
+        self.log("limit reached: FIN", self.mark_offset)
         pipe.discard = True
         pipe.clear()
         pipe.send_fin()
@@ -270,6 +318,8 @@ class LimitDataBehaviour(Behaviour[specs.LimitData]):
 
 
 class SlowCloseBehaviour(Behaviour[specs.SlowClose]):
+    persists = True
+
     def close_delay(self) -> float:
         return self.fault.seconds
 

@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from .._runtime.reactor import EVENT_READ, EVENT_WRITE, RESOURCE_ERRNOS, AcceptBackoff
 from ._behaviour import Behaviour, Chunk
+from .hold import HeldMessage
 
 if TYPE_CHECKING:
+    from .framing import Framing
     from .proxy import FaultProxy, ProxyConnection, ProxyHowClosed
     from .specs import ProxyFault
 
@@ -38,9 +40,15 @@ _LINGER_ZERO = struct.pack("ii", 1, 0)
 _FIN = "fin"
 _CONNECT_ERRNOS = (0, errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK)
 _C_CONNECT_EX = socket.SocketType.connect_ex
+_INF = float("inf")
 
 FaultEntry = tuple[int, "ProxyFault", type[Behaviour[Any]]]
 """A fault as the proxy holds it: ``(id, fault, its behaviour class)``."""
+
+
+class _Rest(bytes):
+    """Pending bytes that are not a whole message (the rest of one cut by a stall, or an
+    incomplete one passed on as it is): delivered without meeting the triggers again."""
 
 
 def nodelay(sock: socket.socket) -> None:
@@ -71,6 +79,19 @@ class Pipe:
         self.paced_until = 0.0  # see BandwidthBehaviour.pace
         # Per fault id: its behaviour on this pipe, or None (not drawn, or not for this pipe).
         self.decided: dict[int, Behaviour[Any] | None] = {}
+        # Message mode (a trigger or a hold watches this direction): the framing cuts what
+        # is read into messages, which wait in `pending` (behind a hold or a stall) until
+        # they are delivered, one by one, to the behaviours. `offset` then counts the bytes
+        # delivered, so faults' offsets fall on message boundaries.
+        self.framing: Framing | None = None
+        self.framing_spec: Framing | None = None
+        self.pending: collections.deque[bytes | HeldMessage] = collections.deque()
+        self.messages = 0  # messages framed so far
+        self.delivered = 0  # messages passed to the behaviours so far
+        self.counts: dict[int, int] = {}  # per triggered fault: messages that counted
+        self.next_window: list[Behaviour[Any]] = []  # fired at="end": shape the next message
+        self.fin_queued = False
+        self.fired_any = False  # a triggered fault fired here (Side.forward_messages)
 
     @property
     def src(self) -> socket.socket | None:
@@ -85,9 +106,13 @@ class Pipe:
     def draw(self, fault: ProxyFault, kind: type[Behaviour[Any]]) -> Behaviour[Any] | None:
         """Whether ``fault`` applies here, drawn once from this pipe's generator: its behaviour."""
         chance = fault.chance
-        chosen = chance >= 1.0 or self.rng.random() < chance
-        if chance < 1.0:
-            self.conn.event(self.direction, self.offset, "chosen" if chosen else "skipped", fault)
+        if chance >= 1.0:
+            chosen = True
+        else:
+            drawn = self.rng.random()
+            chosen = drawn < chance
+            self.conn.event(self.direction, self.offset, "chosen" if chosen else "skipped", fault,
+                            f"drew {drawn:.6f} {'<' if chosen else '>='} probability {chance:g}")
         return kind(fault, self) if chosen else None
 
     def active(self) -> list[Behaviour[Any]]:
@@ -102,13 +127,22 @@ class Pipe:
                     decided[fid] = None  # never drawn here (a connection's own faults aren't)
                     continue
                 behaviour = decided[fid] = self.draw(fault, kind)
-            if behaviour is not None:
+            if behaviour is not None and behaviour.fired:
                 found.append(behaviour)
         return found
 
+    def behaviour(self, fid: int, fault: ProxyFault, kind: type[Behaviour[Any]]
+                  ) -> Behaviour[Any] | None:
+        """The behaviour of fault ``fid`` here (drawn now if it was not yet)."""
+        try:
+            return self.decided[fid]
+        except KeyError:
+            behaviour = self.decided[fid] = self.draw(fault, kind)
+            return behaviour
+
     def want_read(self) -> bool:
         conn = self.conn
-        if self.eof or self.queued >= _HIGH_WATER:
+        if self.eof or self.queued >= _HIGH_WATER or self.pending:
             return False
         if self.direction == "downstream" and conn.state != "open":
             return False
@@ -122,6 +156,14 @@ class Pipe:
         conn = self.conn
         src = self.src
         if src is None or self.eof:
+            return
+        if conn.proxy._framings or self.framing is not None:
+            self.sync_framing()
+            if self.framing is not None:
+                self.read_messages(src)
+                return
+        if self.pending:
+            self.drain()
             return
         active = self.active()
         limit = _CHUNK
@@ -139,11 +181,7 @@ class Pipe:
         now = time.monotonic()
         if not data:
             self.eof = True
-            delay = max((behaviour.close_delay() for behaviour in active), default=0.0)
-            if delay:
-                conn.event(self.direction, self.offset, f"slow close {delay:g}s", None)
-            self.push(now + delay, _FIN)
-            self.flush()
+            self.end_stream(now, active)
             return
         offset = self.offset
         self.offset += len(data)
@@ -151,17 +189,224 @@ class Pipe:
             conn.record.bytes_upstream += len(data)
         else:
             conn.record.bytes_downstream += len(data)
+        self.take(data, offset, now, active)
+
+    def end_stream(self, now: float, active: list[Behaviour[Any]]) -> None:
+        """The source ended: queue the FIN (late if a fault says so)."""
+        if self.fin_queued:
+            return
+        self.fin_queued = True
+        delay = max((behaviour.close_delay() for behaviour in active), default=0.0)
+        if delay:
+            self.conn.event(self.direction, self.offset, f"slow close {delay:g}s", None)
+        self.push(now + delay, _FIN)
+        self.flush()
+
+    def take(self, data: bytes, offset: int, now: float, active: list[Behaviour[Any]]) -> None:
+        """Shape data read at stream ``offset`` by the behaviours and queue it."""
         if self.discard:
             return
         if any(behaviour.drops(offset) for behaviour in active):
             return
         chunk = Chunk(data, offset, now)
         for behaviour in active:
-            behaviour.on_data(chunk)
+            window = behaviour.window
+            if window is None or behaviour.persists or window[0] <= offset < window[1]:
+                behaviour.on_data(chunk)
         self.schedule(chunk)
         self.thresholds()
-        if conn.state != "closed":
+        if self.conn.state != "closed":
             self.flush()
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def sync_framing(self) -> None:
+        """Start or stop cutting this direction into messages, as the proxy's triggers and
+        holds now ask (a partial message left over is passed on as it is)."""
+        spec = self.conn.proxy._framings.get(self.direction)
+        if spec is self.framing_spec:
+            return
+        if spec is not None and spec == self.framing_spec:
+            self.framing_spec = spec  # an equal framing (its first user was removed): go on
+            return
+        if self.framing is not None:
+            tail = self.framing.take_pending()
+            if tail:
+                self.pending.append(_Rest(tail))
+        self.framing_spec = spec
+        self.framing = None if spec is None else spec.fresh()
+
+    def read_messages(self, src: socket.socket) -> None:
+        conn = self.conn
+        framing = self.framing
+        assert framing is not None
+        view = conn.view
+        try:
+            n = src.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.peer_error(exc)
+            return
+        if not n:
+            self.eof = True
+            tail = framing.take_pending()
+            if tail:  # an incomplete message goes on as it is
+                self.pending.append(_Rest(tail))
+            self.drain()
+            return
+        if self.direction == "upstream":
+            conn.record.bytes_upstream += n
+        else:
+            conn.record.bytes_downstream += n
+        messages = framing.feed(bytes(view[:n]))
+        hold = conn.proxy._holds.get(self.direction)
+        pending = self.pending
+        for data in messages:
+            self.messages += 1
+            if hold is not None:
+                pending.append(hold.take(self, self.messages, data))
+            else:
+                pending.append(data)
+        self.drain()
+
+    def drain(self) -> None:
+        """Deliver the pending messages, up to one still held (or a stall)."""
+        conn = self.conn
+        pending = self.pending
+        while pending and conn.state != "closed":
+            item = pending[0]
+            if isinstance(item, HeldMessage):
+                if item.state == "held":
+                    break
+                pending.popleft()
+                if item.state != "released":
+                    continue
+                data = item.data
+            else:
+                pending.popleft()
+                data = item
+            if not self.deliver(data, whole=not isinstance(data, _Rest)):
+                break
+        if conn.state == "closed":
+            return
+        if self.eof and not pending:
+            self.end_stream(time.monotonic(), self.active())
+        conn.update()
+
+    def resume(self) -> None:
+        """Held messages were released or dropped, or faults changed: go on."""
+        if self.conn.state != "closed":
+            self.drain()
+
+    def deliver(self, data: bytes, *, whole: bool = True) -> bool:
+        """Pass one message (or the rest of one) to the behaviours and on; ``False`` if the
+        pipe must stop here (a stall: the rest waits in ``pending``; or the end)."""
+        conn = self.conn
+        proxy = conn.proxy
+        if whole:
+            self.delivered += 1
+            triggers = proxy._triggers.get(self.direction)
+            if triggers:
+                self.fire_triggers(triggers, data)
+        size = len(data)
+        if self.next_window:
+            for behaviour in self.next_window:
+                behaviour.window = (self.offset, self.offset + size)
+            self.next_window.clear()
+        active = self.active()
+        if not active and not self.queue and conn.state == "open":
+            # The no-fault path (a trigger that did not fire): straight on.
+            self.offset += size
+            if self.discard:
+                return True
+            dst = self.dst
+            assert dst is not None
+            try:
+                sent = dst.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self.peer_error(exc)
+                return False
+            if sent < size:
+                self.push(0.0, memoryview(data)[sent:])
+                self.write_blocked = True
+            return True
+        now = time.monotonic()
+        pos = 0
+        while pos < size:
+            if pos:
+                active = self.active()
+            if any(behaviour.stops_reading() for behaviour in active):
+                self.pending.appendleft(_Rest(data[pos:]))
+                return False
+            limit = size - pos
+            for behaviour in active:
+                mark = behaviour.stop_at()
+                if mark is None:
+                    continue
+                if mark > self.offset:
+                    limit = min(limit, mark - self.offset)
+                elif behaviour.marks and not behaviour.marked:
+                    # Its point is here: the mark goes before this message's bytes.
+                    behaviour.marked = True
+                    behaviour.mark_offset = self.offset
+                    self.push(self.last_ready, behaviour)
+            if self.queue and isinstance(self.queue[-1][1], Behaviour):
+                self.flush()
+                if conn.state == "closed":
+                    return False
+            offset = self.offset
+            self.offset += limit
+            self.take(data[pos : pos + limit], offset, now, active)
+            pos += limit
+            if conn.state == "closed":
+                return False
+        return True
+
+    def fire_triggers(self, triggers: list[FaultEntry], data: bytes) -> None:
+        """Fire the faults whose trigger this message (delivered next, at ``offset``) meets."""
+        conn = self.conn
+        proxy = conn.proxy
+        for fid, fault, kind in triggers:
+            trigger = fault.on
+            assert trigger is not None
+            if not trigger.matches(data):
+                continue
+            if trigger.nth is not None:
+                if trigger.scope == "connection":
+                    n = self.counts[fid] = self.counts.get(fid, 0) + 1
+                else:
+                    key = (fid, self.direction)
+                    n = proxy._message_counts[key] = proxy._message_counts.get(key, 0) + 1
+                if n != trigger.nth:
+                    continue
+            for pipe in (conn.up, conn.down):
+                if not fault.applies_to(pipe.direction):
+                    continue
+                if pipe is not self and trigger.direction is None:
+                    continue  # it watches its own direction: that pipe fires on its own
+                behaviour = pipe.behaviour(fid, fault, kind)
+                if behaviour is None:
+                    continue
+                if pipe is self:
+                    start = self.offset
+                    end = start + len(data)
+                    if trigger.at == "start":
+                        behaviour.fire(start, end)
+                    else:
+                        behaviour.fire(end, end)
+                        if not behaviour.persists:
+                            self.next_window.append(behaviour)
+                    what = f"triggered by message {self.delivered}"
+                else:
+                    behaviour.fire(pipe.offset, _INF)
+                    what = f"triggered by {self.direction} message {self.delivered}"
+                pipe.fired_any = True
+                pipe.conn.event(pipe.direction, behaviour.base, what, fault)
+                if pipe is not self:
+                    pipe.thresholds()
 
     def schedule(self, chunk: Chunk) -> None:
         """Queue a shaped chunk: cut, each piece due no earlier than the one before it."""
@@ -189,6 +434,7 @@ class Pipe:
                 at = behaviour.stop_at()
                 if at is not None and self.offset >= at:
                     behaviour.marked = True
+                    behaviour.mark_offset = self.offset
                     self.push(self.last_ready, behaviour)
         self.flush()
 
@@ -289,8 +535,9 @@ class Connection:
         self.client_side = Side(self, client, self.up, self.down)
         self.server_side: Side | None = None
 
-    def event(self, direction: str, offset: int, action: str, fault: ProxyFault | None) -> None:
-        self.proxy._log_event(self.index, direction, offset, action, fault)
+    def event(self, direction: str, offset: int, action: str, fault: ProxyFault | None,
+              detail: str = "") -> None:
+        self.proxy._log_event(self.index, direction, offset, action, fault, detail)
 
     # -- setting up ------------------------------------------------------------------------------
 
@@ -394,6 +641,10 @@ class Connection:
         if self.state == "held":
             self.begin()
         for pipe in (self.up, self.down):
+            if self.state != "closed" and (pipe.framing is not None or self.proxy._framings
+                                           or pipe.pending):
+                pipe.sync_framing()
+                pipe.drain()
             if self.state == "open":
                 pipe.thresholds()
                 if self.state == "closed":
@@ -453,6 +704,10 @@ class Connection:
             return
         self.state = "closed"
         proxy = self.proxy
+        for pipe in (self.up, self.down):
+            for item in pipe.pending:
+                if isinstance(item, HeldMessage) and item.state == "held":
+                    item.hold.forget(item)
         for side in (self.client_side, self.server_side):
             if side is None:
                 continue
@@ -492,12 +747,91 @@ class Side:
     def on_event(self, mask: int) -> None:
         conn = self.conn
         mask &= self.events  # an error or hang-up is reported as both
-        if mask == _READ and conn.state == "open" and not conn.proxy._faults:
+        if mask == _READ and conn.state == "open":
+            proxy = conn.proxy
             pipe = self.pipe
-            if not (pipe.queue or pipe.discard or pipe.eof):
-                self.forward(pipe)
-                return
+            if not proxy._faults and not proxy._framings:
+                if not (pipe.queue or pipe.discard or pipe.eof):
+                    self.forward(pipe)
+                    return
+            elif proxy._quiet_triggers and not (
+                pipe.queue or pipe.pending or pipe.discard or pipe.eof or pipe.fired_any
+            ):
+                # Every fault waits for a trigger and none fired here: no fault acts yet.
+                spec = proxy._framings.get(pipe.direction)
+                if spec is None:
+                    if pipe.framing is None:  # (else it must first leave message mode)
+                        self.forward(pipe)
+                        return
+                elif pipe.framing_spec is spec:
+                    self.forward_messages(pipe)
+                    return
         conn.on_event(self, mask)
+
+    def forward_messages(self, pipe: Pipe) -> None:
+        """The path of a pipe cut into messages while no fault acts on it (every fault waits
+        for a trigger, none has fired here, nothing is held): complete messages that meet no
+        trigger are sent on at once; from the first one that does, the general path
+        (``Pipe.drain``) takes over."""
+        conn = self.conn
+        framing = pipe.framing
+        assert framing is not None
+        view = conn.view
+        try:
+            n = self.sock.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            pipe.peer_error(exc)
+            return
+        if not n:
+            pipe.eof = True
+            tail = framing.take_pending()
+            if tail:
+                pipe.pending.append(_Rest(tail))
+            pipe.drain()
+            return
+        if self.is_client:
+            conn.record.bytes_upstream += n
+        else:
+            conn.record.bytes_downstream += n
+        messages = framing.feed(bytes(view[:n]))
+        if not messages:
+            return
+        matches = conn.proxy._matches.get(pipe.direction, ())
+        passed = 0
+        for data in messages:
+            for match in matches:  # Message.matches, inline (this runs for every message)
+                if match is None or (
+                    match in data if type(match) is bytes else match.search(data)  # type: ignore[union-attr]
+                ):
+                    break
+            else:
+                passed += 1
+                continue
+            break
+        pipe.messages += len(messages)
+        pipe.delivered += passed
+        out = messages[0] if passed == 1 else b"".join(messages[:passed])
+        if out:
+            size = len(out)
+            pipe.offset += size
+            dst = self.peer
+            assert dst is not None
+            try:
+                sent = dst.send(out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                pipe.peer_error(exc)
+                return
+            if sent < size:
+                pipe.push(0.0, memoryview(out)[sent:])
+                pipe.write_blocked = True
+                conn.update()
+        if passed < len(messages):
+            pipe.pending.extend(messages[passed:])
+            pipe.drain()
 
     def on_reactor_error(self, exc: BaseException) -> None:
         conn = self.conn
@@ -527,6 +861,7 @@ class Side:
             return
         if not n:
             pipe.eof = True
+            pipe.fin_queued = True
             pipe.push(0.0, _FIN)
             pipe.flush()
             return

@@ -103,6 +103,7 @@ class SocketFaultRule:
         faults: tuple[SocketFault, ...],
         targets: set[Any] | None,
         match: Callable[[Any], bool] | None,
+        from_now: bool = False,
         *,
         address: Any = None,
         required: bool = True,
@@ -113,12 +114,24 @@ class SocketFaultRule:
         """The faults, in the order given."""
         self._targets = targets
         self._match = match
+        self.from_now = from_now
+        """Whether the rule counts calls and bytes from when it was added (see
+        :meth:`SocketFaults.add`)."""
+        # Per socket open when the rule was added (from_now): its counts then, as
+        # (recv calls, send calls, bytes received, bytes sent); a later socket counts from 0.
+        self._bases: weakref.WeakKeyDictionary[_SocketState, _Counts] = (
+            weakref.WeakKeyDictionary()
+        )
+
         self._address = address
         self.required = required
         """Whether matching no socket is an error (:meth:`SocketFaults.check`)."""
         self.where = where
         """``file:line in function`` of the code that added the rule."""
         self._sockets: list[FaultedSocket] = []
+
+    def _base(self, state: _SocketState) -> _Counts:
+        return self._bases.get(state, _ZERO)
 
     @property
     def sockets(self) -> list[FaultedSocket]:
@@ -172,30 +185,44 @@ def _describe_address(address: Any) -> str:
     return _values.format_address(address)
 
 
+_Counts = tuple[int, int, int, int]
+_ZERO: _Counts = (0, 0, 0, 0)
+
+
 class _SocketState:
     def __init__(self, owner: SocketFaults, record: FaultedSocket, peers: frozenset[Any]):
         self.owner = owner
         self.record = record
         self.peers = peers
 
-    def faults(self) -> list[SocketFault]:
+    def counts(self) -> _Counts:
+        r = self.record
+        return (r.recv_calls, r.send_calls, r.bytes_received, r.bytes_sent)
+
+    def faults(self) -> list[tuple[SocketFault, _Counts]]:
+        """The faults that apply, each with the counts its rule starts from."""
         owner = self.owner
         if not owner.installed:
             return []
         with owner._lock:
             rules = list(owner._rules)
-        return [f for rule in rules if rule._matches(self.peers) for f in rule.faults]
+        return [
+            (f, rule._base(self)) for rule in rules if rule._matches(self.peers)
+            for f in rule.faults
+        ]
 
     def recv_limit(self, size: int) -> int:
         record = self.record
         record.recv_calls += 1
-        pos = record.bytes_received
-        for fault in self.faults():
+        for fault, (calls, _, received, _) in self.faults():
+            # Counted from the rule's start: calls from 1, bytes from 0.
+            call = record.recv_calls - calls
+            pos = record.bytes_received - received
             if isinstance(fault, RecvError):
-                if fault.at_call == record.recv_calls or (
+                if fault.at_call == call or (
                     fault.after_bytes is not None and pos >= fault.after_bytes
                 ):
-                    self._fail("recv", fault, pos, record.recv_calls)
+                    self._fail("recv", fault, record.bytes_received, record.recv_calls)
                 if fault.after_bytes is not None:
                     size = min(size, fault.after_bytes - pos)
             elif isinstance(fault, RecvChunks):
@@ -207,14 +234,14 @@ class _SocketState:
     def send_limit(self, size: int) -> int:
         record = self.record
         record.send_calls += 1
-        pos = record.bytes_sent
-        call = record.send_calls
-        for fault in self.faults():
+        for fault, (_, calls, _, sent) in self.faults():
+            call = record.send_calls - calls
+            pos = record.bytes_sent - sent
             if isinstance(fault, SendError):
                 if fault.at_call == call or (
                     fault.after_bytes is not None and pos >= fault.after_bytes
                 ):
-                    self._fail("send", fault, pos, call)
+                    self._fail("send", fault, record.bytes_sent, record.send_calls)
                 if fault.after_bytes is not None:
                     size = min(size, fault.after_bytes - pos)
             elif isinstance(fault, ShortSends):
@@ -320,6 +347,7 @@ class SocketFaults:
         self._rules: list[SocketFaultRule] = []
         self._log: list[SocketFaultEvent] = []
         self._sockets: list[FaultedSocket] = []
+        self._live_states: weakref.WeakSet[_SocketState] = weakref.WeakSet()  # added under _lock
         # Every rule ever added (check() reports those that matched nothing, removed or not)
         # and the live sockets this instance tracks, for add() to match against.
         self._all_rules: list[SocketFaultRule] = []
@@ -328,7 +356,7 @@ class SocketFaults:
         )
         self.installed = False
         if faults:
-            self._add(faults, address, match, required, sys._getframe(1))
+            self._add(faults, address, match, False, required, sys._getframe(1))
         elif address is not None or match is not None:
             raise ValueError("address= and match= need faults to apply to; got no faults")
         elif required is not True:
@@ -340,6 +368,7 @@ class SocketFaults:
         *faults: SocketFault,
         address: Any = None,
         match: Callable[[Any], bool] | None = None,
+        from_now: bool = False,
         required: bool = True,
     ) -> SocketFaultRule:
         """Add a rule: ``faults`` for sockets connected to ``address`` (default: any).
@@ -348,24 +377,28 @@ class SocketFaults:
         ``with sf.add(...):`` removes it at the end of the block.
 
         Args:
-            faults: the in-process faults.
-            address: the rule applies only to sockets connected to this address (a
-                ``(host, port)`` tuple, a Unix path or an object with ``.address``).
-            match: or a predicate ``match(peer) -> bool`` on the ``(ip, port)`` or path.
+            from_now: count ``at_call``, ``after_bytes``, ``RecvChunks`` offsets and
+                ``ShortSends`` calls from this moment on the sockets already connected
+                (``at_call=1`` is a pooled connection's next read), instead of from each
+                socket's first call. Sockets connected later count from their first call
+                either way.
             required: when true (the default), the rule must match at least one socket by
                 the time :meth:`check` runs (the end of the ``with`` block, the fixture's
                 teardown); pass ``False`` for a rule that may rightly match nothing.
         """
-        return self._add(faults, address, match, required, sys._getframe(1))
+        return self._add(faults, address, match, from_now, required, sys._getframe(1))
 
     def _add(
         self,
         faults: tuple[SocketFault, ...],
         address: Any,
         match: Callable[[Any], bool] | None,
+        from_now: object,
         required: object,
         frame: Any,
     ) -> SocketFaultRule:
+        if not isinstance(from_now, bool):
+            raise TypeError(f"from_now must be a bool, got {from_now!r}")
         if not faults:
             raise ValueError("add() needs at least one fault")
         for fault in faults:
@@ -385,15 +418,19 @@ class SocketFaults:
             tuple(faults),
             targets,
             match,
+            from_now,
             address=address,
             required=bool(required),
             where=stacks.where(stacks.capture(frame, limit=8)),
         )
         with self._lock:
+            if from_now:
+                for state in self._live_states:
+                    rule._bases[state] = state.counts()
             # The live sockets it applies to from now on count as matched.
-            for sock, state in list(self._live.items()):
-                if sock.fileno() != -1 and rule._matches(state.peers):
-                    rule._sockets.append(state.record)
+            for sock, live in list(self._live.items()):
+                if sock.fileno() != -1 and rule._matches(live.peers):
+                    rule._sockets.append(live.record)
             self._rules.append(rule)
             self._all_rules.append(rule)
         return rule
@@ -505,9 +542,9 @@ class SocketFaults:
         with self._lock:
             record = FaultedSocket(len(self._sockets), peer, tls)
             self._sockets.append(record)
-            state = _SocketState(self, record, peers)
+            state = _states[sock] = _SocketState(self, record, peers)
+            self._live_states.add(state)
             self._note_matches(sock, state)
-        _states[sock] = state
 
     def _note_matches(self, sock: socket.socket, state: _SocketState) -> None:
         """Under the lock: ``sock`` is tracked; the rules it matches now count as matched."""
@@ -642,9 +679,9 @@ def _ssl_create(cls: type[ssl.SSLSocket], sock: socket.socket, *args: Any, **kwa
         with owner._lock:
             record = FaultedSocket(len(owner._sockets), state.record.peer, True)
             owner._sockets.append(record)
-            new_state = _SocketState(owner, record, state.peers)
-            owner._note_matches(new, new_state)
-        _states[new] = new_state
+            made = _states[new] = _SocketState(owner, record, state.peers)
+            owner._live_states.add(made)
+            owner._note_matches(new, made)
     return new
 
 

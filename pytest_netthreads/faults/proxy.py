@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import socket
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .._runtime import values as _values
@@ -43,6 +44,8 @@ from .._runtime.stacks import format_thread_stack
 from .._runtime.values import format_address
 from ._behaviour import behaviour_of
 from ._connection import Connection, FaultEntry, nodelay
+from .framing import Framing
+from .hold import MessageHold
 from .specs import ProxyFault
 
 if TYPE_CHECKING:
@@ -65,7 +68,11 @@ class FaultEvent:
         offset: bytes of that direction's stream read before it happened.
         action: what was done (``"applied"``, ``"reset"``, ``"drop"``, ``"skipped"``...).
         fault: the fault, ``None`` for events no fault caused (a peer reset, say).
-        time: ``time.monotonic()`` when it happened.
+        time: ``time.monotonic()`` when it happened (not compared: two runs with one seed
+            give equal logs, ``proxy.log == other.log``, whatever their timing).
+        detail: what the fault drew or did, for replay checks: ``"drew 0.1375 <
+            probability 0.5"``, ``"delay 0.0513s"``, ``"sizes 3,1,4"``,
+            ``"0x41->0xbe"``...; ``""`` if nothing.
     """
 
     connection: int
@@ -73,11 +80,13 @@ class FaultEvent:
     offset: int
     action: str
     fault: ProxyFault | None
-    time: float
+    time: float = field(compare=False)
+    detail: str = ""
 
     def __str__(self) -> str:
         what = f" {self.fault!r}" if self.fault is not None else ""
-        return f"#{self.connection} {self.direction} @{self.offset}: {self.action}{what}"
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"#{self.connection} {self.direction} @{self.offset}: {self.action}{detail}{what}"
 
 
 ProxyHowClosed = Literal["eof", "reset", "fault-reset", "connect-failed", "proxy-stop", "error"]
@@ -263,6 +272,14 @@ class FaultProxy:
         self._target_family, self._target = _resolve_target(target)
         self._ids = itertools.count()
         self._faults = self._entries(faults)
+        self._holds: dict[str, MessageHold] = {}
+        self._framings: dict[str, Framing] = {}  # per direction, while one is cut in messages
+        self._triggers: dict[str, list[FaultEntry]] = {}  # per direction watched
+        self._message_counts: dict[tuple[int, str], int] = {}  # nth counts, scope="proxy"
+        self._quiet_triggers = False  # every fault waits for a trigger, nothing is held
+        # Per direction watched: each trigger's match (Side.forward_messages).
+        self._matches: dict[str, tuple[bytes | re.Pattern[bytes] | None, ...]] = {}
+        self._plan_messages(self._faults, self._holds)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
         _values.port(port, "port")
@@ -381,6 +398,7 @@ class FaultProxy:
         entries = self._entries(faults)
 
         def change() -> None:
+            self._plan_messages(self._faults + entries, self._holds)
             with self._lock:
                 self._faults.extend(entries)
             self._faults_changed()
@@ -417,9 +435,99 @@ class FaultProxy:
         def change() -> None:
             with self._lock:
                 self._faults = [entry for entry in self._faults if entry[0] not in ids]
+            self._plan_messages(self._faults, self._holds)
             self._faults_changed()
 
         self._in_loop(change)
+
+    def hold(self, direction: str, framing: Framing) -> MessageHold:
+        """Hold each next message in ``direction``, on every connection, until the test
+        releases it: ``hold.wait_held(2)``, then ``hold.release()``, ``hold.release(n)``,
+        ``hold.drop()``, or a message's own ``release()``/``drop()``.
+
+        Returns a :class:`~pytest_netthreads.faults.MessageHold`; it holds until its
+        ``stop()`` (or the end of a ``with`` block), which releases what is still held. A
+        message held on a connection keeps that connection's later bytes behind it.
+
+        Args:
+            direction: ``"upstream"`` (client to server) or ``"downstream"``.
+            framing: how to cut the stream into messages (``faults.Lines()``...); message
+                triggers on the same direction must use an equal framing.
+        """
+        if not isinstance(direction, str):
+            raise TypeError(f"direction must be 'upstream' or 'downstream', got {direction!r}")
+        if direction not in ("upstream", "downstream"):
+            raise ValueError(f"direction must be 'upstream' or 'downstream', got {direction!r}")
+        if not isinstance(framing, Framing):
+            raise TypeError(
+                f"framing must be a Framing (faults.Lines(), faults.RESP()...), got {framing!r}"
+            )
+
+        def in_loop(fn: Callable[[], None]) -> None:
+            self._in_loop(fn)
+
+        def on_stop(hold: MessageHold) -> None:
+            def change() -> None:
+                if self._holds.get(hold.direction) is hold:
+                    del self._holds[hold.direction]
+                self._plan_messages(self._faults, self._holds)
+                self._faults_changed()
+
+            self._in_loop(change)
+
+        hold = MessageHold(direction, framing, in_loop, self._changed, on_stop)
+
+        def change() -> None:
+            if direction in self._holds:
+                raise ValueError(
+                    f"direction: the {direction} stream is already held "
+                    f"({self._holds[direction]!r}); stop() it first"
+                )
+            holds = {**self._holds, direction: hold}
+            self._plan_messages(self._faults, holds)
+            self._holds = holds
+            self._faults_changed()
+
+        self._in_loop(change)
+        return hold
+
+    def _plan_messages(self, entries: list[FaultEntry], holds: dict[str, MessageHold]) -> None:
+        """Which directions are cut into messages, and by which framing; which triggers watch
+        each. ``ValueError`` (and no change) if two would frame a direction differently."""
+        framings: dict[str, Framing] = {}
+        triggers: dict[str, list[FaultEntry]] = {}
+
+        def need(direction: str, framing: Framing, what: str) -> None:
+            have = framings.setdefault(direction, framing)
+            if have != framing:
+                raise ValueError(
+                    f"{what}: the {direction} stream is already cut into messages by {have!r}; "
+                    f"triggers and holds on one direction need equal framings, got {framing!r}"
+                )
+
+        for hold in holds.values():
+            need(hold.direction, hold.framing, f"hold({hold.direction!r})")
+        for entry in entries:
+            fault = entry[1]
+            trigger = fault.on
+            if trigger is None:
+                continue
+            if trigger.direction is not None:
+                watched = [trigger.direction]
+            else:
+                watched = [d for d in ("upstream", "downstream") if fault.applies_to(d)]
+            for direction in watched:
+                need(direction, trigger.framing, f"on= of {fault!r}")
+                triggers.setdefault(direction, []).append(entry)
+        self._framings = framings
+        self._triggers = triggers
+        self._matches = {
+            direction: tuple(entry[1].on.match for entry in watching)  # type: ignore[union-attr]
+            for direction, watching in triggers.items()
+        }
+        self._quiet_triggers = bool(entries) and not holds and all(
+            entry[1].on is not None for entry in entries
+        )
 
     def down(self, *, reset_connections: bool = False) -> None:
         """Stop listening: new connections are refused (``ECONNREFUSED``) until :meth:`up`.
@@ -483,6 +591,19 @@ class FaultProxy:
         """A snapshot of the fault log, oldest first."""
         with self._lock:
             return list(self._log)
+
+    def stream_logs(self) -> dict[tuple[int, str], list[FaultEvent]]:
+        """The log split by stream: ``(connection, direction)`` to its events, in order.
+
+        What a seed decides is the events of each stream and their order; how the events
+        of different streams interleave in :attr:`log` is up to timing. So two runs with
+        one seed and the same traffic give equal stream logs (``a.stream_logs() ==
+        b.stream_logs()``: events compare without their time), drawn values included.
+        """
+        streams: dict[tuple[int, str], list[FaultEvent]] = {}
+        for event in sorted(self.log, key=lambda e: (e.connection, e.direction)):
+            streams.setdefault((event.connection, event.direction), []).append(event)
+        return streams
 
     def format_log(self, limit: int = 50) -> str:
         """The seed and the last ``limit`` log events, one a line (for failure reports)."""
@@ -578,8 +699,8 @@ class FaultProxy:
             self._errors.append((index, exc, text))
 
     def _log_event(self, index: int, direction: str, offset: int, action: str,
-                   fault: ProxyFault | None) -> None:
-        event = FaultEvent(index, direction, offset, action, fault, time.monotonic())
+                   fault: ProxyFault | None, detail: str = "") -> None:
+        event = FaultEvent(index, direction, offset, action, fault, time.monotonic(), detail)
         with self._lock:
             if len(self._log) < self._log_limit:
                 self._log.append(event)
@@ -598,6 +719,9 @@ class FaultProxy:
 
     def _shutdown_all(self) -> None:
         self._close_listener()
+        for hold in list(self._holds.values()):
+            hold.active = False
+        self._holds = {}
         for conn in list(self._live.values()):
             conn.finish("proxy-stop", rst=False)
         for timer in self._timers:

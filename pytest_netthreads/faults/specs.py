@@ -11,11 +11,13 @@ the code under test creates) script what ``recv``/``send`` return and when they 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Union
 
 from .._runtime import values
+from .framing import Framing, TLSRecords
 
 Direction = Literal["downstream", "upstream", "both"]
 _DIRECTIONS = ("downstream", "upstream", "both")
@@ -31,6 +33,114 @@ def _check_int(name: str, value: object, *, minimum: int = 0) -> None:
         raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+MessageScope = Literal["connection", "proxy"]
+_SCOPES = ("connection", "proxy")
+
+
+@dataclass(frozen=True)
+class Message:
+    """A trigger: a fault given ``on=Message(...)`` acts when a message matches.
+
+    The proxy cuts the stream of each connection and direction into messages with
+    ``framing`` (:mod:`~pytest_netthreads.faults.framing`); a message *counts* if it
+    matches ``match`` (every message does without one). The trigger fires on every message
+    that counts, or with ``nth`` on the ``nth`` one only (counted per connection, or over
+    all the proxy's connections with ``scope="proxy"``).
+
+    When it fires, the fault starts acting on that message: its byte offsets
+    (``after_bytes``, ``nbytes``, ``offsets``) count from the message's first byte (from just
+    after its last byte with ``at="end"``), and a fault that shapes data (``Latency``,
+    ``Slice``, ``Bandwidth``, ``Corrupt``) acts on that message only (with ``at="end"``, on
+    the next one). A fault that ends the stream (``ResetPeer``, ``LimitData``, ``Timeout``,
+    ``Stall``) stays in force once fired.
+
+    Args:
+        framing: how to cut the stream (``faults.Lines()``, ``faults.RESP()``...).
+        match: ``bytes`` the message contains, or a compiled ``bytes`` regex it
+            ``search``-es; ``None``: every message.
+        nth: fire on the ``nth`` message that counts only (from 1); ``None``: on each.
+        scope: where ``nth`` counts: ``"connection"`` (each connection and direction on its
+            own) or ``"proxy"`` (all connections, per direction).
+        direction: the direction watched, ``"upstream"`` or ``"downstream"``; ``None``: the
+            fault's own. A fault triggered by the other direction acts on its own stream from
+            the point it has reached when the trigger fires, on everything after.
+        at: ``"start"`` or ``"end"`` of the message, where the fault's offsets count from.
+    """
+
+    framing: Framing
+    match: bytes | re.Pattern[bytes] | None = None
+    nth: int | None = None
+    scope: MessageScope = "connection"
+    direction: Literal["upstream", "downstream"] | None = None
+    at: Literal["start", "end"] = "start"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.framing, Framing):
+            raise TypeError(
+                f"framing must be a Framing (faults.Lines(), faults.RESP()...), "
+                f"got {self.framing!r}"
+            )
+        match = self.match
+        if isinstance(match, re.Pattern):
+            if not isinstance(match.pattern, bytes):
+                raise TypeError(f"match must be a bytes regex (re.compile(b'...')), got {match!r}")
+        elif match is not None:
+            if not isinstance(match, bytes):
+                raise TypeError(f"match must be bytes, a compiled bytes regex or None, "
+                                f"got {match!r}")
+            if not match:
+                raise ValueError("match must not be empty bytes (use None for every message)")
+        if self.nth is not None:
+            _check_int("nth", self.nth, minimum=1)
+        if self.scope not in _SCOPES:
+            raise ValueError(f"scope must be one of {_SCOPES}, got {self.scope!r}")
+        if self.direction not in (None, "upstream", "downstream"):
+            raise ValueError(
+                f"direction must be 'upstream', 'downstream' or None, got {self.direction!r}"
+            )
+        if self.at not in ("start", "end"):
+            raise ValueError(f"at must be 'start' or 'end', got {self.at!r}")
+
+    def __repr__(self) -> str:
+        parts = [repr(self.framing)]
+        for name, default in (("match", None), ("nth", None), ("scope", "connection"),
+                              ("direction", None), ("at", "start")):
+            value = getattr(self, name)
+            if value != default:
+                shown = TLSRecords.name_of(value) if name == "match" else None
+                parts.append(f"{name}={shown or repr(value)}")
+        return f"Message({', '.join(parts)})"
+
+    def matches(self, message: bytes) -> bool:
+        """Whether ``message`` counts (contains ``match``, or its regex finds a match)."""
+        match = self.match
+        if match is None:
+            return True
+        if isinstance(match, bytes):
+            return match in message
+        return match.search(message) is not None
+
+
+def tls_client_hello(*, at: Literal["start", "end"] = "start") -> Message:
+    """A trigger: the client's TLS ClientHello record (upstream), read without decrypting.
+
+    ``faults.Timeout(direction="downstream", on=faults.tls_client_hello())``: the
+    ClientHello reaches the server, nothing reaches the client after it (a handshake that
+    stalls).
+    """
+    return Message(TLSRecords(), match=TLSRecords.CLIENT_HELLO, direction="upstream", at=at)
+
+
+def tls_server_hello(*, at: Literal["start", "end"] = "start") -> Message:
+    """A trigger: the server's TLS ServerHello record (downstream).
+
+    ``faults.ResetPeer(on=faults.tls_server_hello(at="end"))``: the client gets the
+    ServerHello, then a reset; ``faults.Corrupt(offsets=(20,), on=faults.tls_server_hello())``
+    flips a byte of it.
+    """
+    return Message(TLSRecords(), match=TLSRecords.SERVER_HELLO, direction="downstream", at=at)
 
 
 @dataclass(frozen=True)
@@ -49,6 +159,9 @@ class ProxyFault:
     probability: float = field(default=1.0, kw_only=True)
     """The chance that the fault applies to a connection and direction (drawn once, from the
     connection's seeded generator)."""
+    on: Message | None = field(default=None, kw_only=True)
+    """A trigger (:class:`Message`): the fault acts only once a message matches; ``None``:
+    from the start of the stream."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -61,6 +174,11 @@ class ProxyFault:
         if self.direction not in _DIRECTIONS:
             raise ValueError(f"direction must be one of {_DIRECTIONS}, got {self.direction!r}")
         _check_number("probability", self.probability, maximum=1.0)
+        if self.on is not None and not isinstance(self.on, Message):
+            raise TypeError(
+                f"on must be a trigger such as faults.Message(framing, match=...) or None, "
+                f"got {self.on!r}"
+            )
 
     @property
     def chance(self) -> float:
@@ -79,7 +197,7 @@ def _repr(fault: ProxyFault) -> str:
     Fault logs and failure reports show faults by their repr
     (``ResetPeer(after_bytes=4, direction='downstream', probability=1.0)``).
     """
-    shown = [f for f in fields(fault) if f.repr]
+    shown = [f for f in fields(fault) if f.repr and not (f.name == "on" and fault.on is None)]
     shown.sort(key=lambda f: bool(f.kw_only))  # stable: each group keeps its order
     inside = ", ".join(f"{f.name}={getattr(fault, f.name)!r}" for f in shown)
     return f"{type(fault).__qualname__}({inside})"
@@ -95,6 +213,14 @@ class ConnectFault(ProxyFault):
     """
 
     direction: Direction = field(default="both", kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.on is not None:
+            raise ValueError(
+                f"on: {type(self).__name__} acts before the target is dialed, when no message "
+                f"has been seen; a message trigger cannot apply to it"
+            )
 
 
 @dataclass(frozen=True)
@@ -365,6 +491,8 @@ __all__ = [
     "HoldConnect",
     "Latency",
     "LimitData",
+    "Message",
+    "MessageScope",
     "ProxyFault",
     "RecvChunks",
     "RecvError",
@@ -376,4 +504,6 @@ __all__ = [
     "SocketFault",
     "Stall",
     "Timeout",
+    "tls_client_hello",
+    "tls_server_hello",
 ]

@@ -6,18 +6,23 @@ Importing this module imports :mod:`hypothesis`; nothing else in the package doe
   earlier, so a failure is reported with the smallest split that shows it.
 - :func:`recv_chunks` is the same as an in-process :class:`~.RecvChunks` fault.
 - :func:`proxy_faults` and :func:`fault_plans` draw proxy faults with small parameters.
+- :func:`message_triggers` draws ``Message`` triggers on a framing, and
+  :func:`triggered_faults` proxy faults that wait for one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 from hypothesis import strategies as st
 
+from .framing import Framing
 from .specs import (
     Corrupt,
     Latency,
     LimitData,
+    Message,
     ProxyFault,
     RecvChunks,
     ResetPeer,
@@ -93,4 +98,35 @@ def fault_plans(
     ).map(tuple)
 
 
-__all__ = ["chunkings", "fault_plans", "proxy_faults", "recv_chunks"]
+def message_triggers(framing: Framing, *, max_nth: int = 5) -> st.SearchStrategy[Message]:
+    """``Message`` triggers on ``framing``: on the nth message (1 to ``max_nth``, per
+    connection), acting from its start or its end. They shrink towards the first message."""
+    if isinstance(max_nth, bool) or not isinstance(max_nth, int) or max_nth < 1:
+        raise ValueError(f"max_nth must be an int >= 1, got {max_nth!r}")
+    return st.builds(
+        Message,
+        framing=st.just(framing),
+        nth=st.integers(min_value=1, max_value=max_nth),
+        at=st.sampled_from(["start", "end"]),
+    )
+
+
+def triggered_faults(
+    framing: Framing, *, max_nth: int = 5, max_bytes: int = 1024, max_seconds: float = 0.05
+) -> st.SearchStrategy[ProxyFault]:
+    """Single proxy faults (see :func:`proxy_faults`) that wait for a message trigger (see
+    :func:`message_triggers`): the fault, then the message it acts on, shrink together."""
+    return st.tuples(
+        proxy_faults(max_bytes=max_bytes, max_seconds=max_seconds),
+        message_triggers(framing, max_nth=max_nth),
+    ).map(lambda pair: dataclasses.replace(pair[0], on=pair[1]))
+
+
+__all__ = [
+    "chunkings",
+    "fault_plans",
+    "message_triggers",
+    "proxy_faults",
+    "recv_chunks",
+    "triggered_faults",
+]

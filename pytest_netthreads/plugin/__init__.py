@@ -17,7 +17,7 @@ import pytest
 from .. import hookspecs
 from .._runtime.reactor import shutdown_reactor_if_idle
 from . import _compat, _deadlock, _faults, _leaks, _servers, _summary, _tls
-from ._faults import fault_proxy, socket_faults
+from ._faults import fault_network, fault_proxy, socket_faults
 from ._process import process_server
 from ._servers import echo_server, server_factory, tls_echo_server
 from ._tls import tls_ca, tls_client_context
@@ -75,6 +75,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 
 __all__ = [
     "echo_server",
+    "fault_network",
     "fault_proxy",
     "process_server",
     "server_factory",

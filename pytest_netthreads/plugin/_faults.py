@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ..faults import FaultProxy, ProxyError, SocketFaults
+from ..faults import FaultProxy, Network, ProxyError, SocketFaults
 from . import _config
 from ._servers import interrupted, print_after_interrupt
 from ._summary import record
@@ -15,6 +15,8 @@ from ._summary import record
 # Fault proxies a test's fixtures started: checked for proxy errors after the call phase, and
 # their seed and fault log added to the report of a failed test.
 _FAULT_PROXIES = pytest.StashKey[list[FaultProxy]]()
+# The same for the networks of ``fault_network`` (one report section a network).
+_FAULT_NETWORKS = pytest.StashKey[list[Network]]()
 # The test's socket_faults, and whether its call phase failed (then a rule that matched no
 # socket is shown in the report, as a likely cause, rather than failing the teardown too).
 _SOCKET_FAULTS = pytest.StashKey[SocketFaults]()
@@ -49,6 +51,8 @@ class _FaultsPlugin:
         finally:
             for proxy in item.stash.get(_FAULT_PROXIES, []):
                 proxy.check()
+            for network in item.stash.get(_FAULT_NETWORKS, []):
+                network.check()
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -68,14 +72,18 @@ class _FaultsPlugin:
                 text += f"\nreplay with: pytest --fault-seed={proxy.seed} (or seed={proxy.seed})"
                 report.sections.append((f"fault proxy {proxy.name} ({report.when})", text))
                 record(item, "fault_seed", f"{proxy.name} seed={proxy.seed}")
-            if report.when == "teardown":  # made before this; the summary reads this one
-                report.user_properties = list(item.user_properties)
+        networks = item.stash.get(_FAULT_NETWORKS, [])
+        if report.failed and networks:
+            for i, network in enumerate(networks):
+                seed = network.seed
+                text = network.format_log()
+                text += f"\nreplay with: pytest --fault-seed={seed} (or seed={seed})"
+                report.sections.append((f"fault network {i} ({report.when})", text))
+                record(item, "fault_seed", f"network {i} seed={network.seed}")
+        if report.failed and (proxies or networks) and report.when == "teardown":
+            # made before this; the summary reads this one
+            report.user_properties = list(item.user_properties)
         return report
-
-
-def _register(config: pytest.Config) -> None:
-    if not config.pluginmanager.has_plugin("netthreads-faults"):
-        config.pluginmanager.register(_FaultsPlugin(), "netthreads-faults")
 
 
 @pytest.fixture
@@ -105,6 +113,44 @@ def fault_proxy(request: pytest.FixtureRequest) -> Iterator[Callable[..., FaultP
     for proxy in proxies:
         try:
             proxy.stop()
+        except ProxyError as exc:
+            errors.append(exc)
+    if errors and interrupted():
+        for error in errors:
+            print_after_interrupt(error)
+    elif errors:
+        raise errors[0]
+
+
+def _register(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("netthreads-faults"):
+        config.pluginmanager.register(_FaultsPlugin(), "netthreads-faults")
+
+
+@pytest.fixture
+def fault_network(request: pytest.FixtureRequest) -> Iterator[Callable[..., Network]]:
+    """``fault_network(nodes, seed=None, **options)`` starts a :class:`Network`.
+
+    ``nodes`` maps node names to targets (``None`` for a client-only node); node ``a``
+    reaches ``b`` at ``network.address("a", "b")``. Seeds as ``fault_proxy``; a failed
+    test reports the network's cuts and its links' fault logs; all stop at teardown.
+    """
+    config = request.config
+    _register(config)
+    default_seed = _config.integer(config, "fault_seed")
+    networks = request.node.stash.setdefault(_FAULT_NETWORKS, [])
+
+    def make(nodes: Any, *, seed: int | None = None, **options: Any) -> Network:
+        network = Network(nodes, seed=default_seed if seed is None else seed, **options)
+        network.start()
+        networks.append(network)
+        return network
+
+    yield make
+    errors: list[ProxyError] = []
+    for network in networks:
+        try:
+            network.stop()
         except ProxyError as exc:
             errors.append(exc)
     if errors and interrupted():

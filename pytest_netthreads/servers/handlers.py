@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -278,16 +279,90 @@ class Banner:
 # -- scripted conversation -------------------------------------------------------------
 
 
+_EXPECT_MAX = 65536  # the longest frame an Expect pattern reads by default
+
+
 @dataclass(frozen=True)
 class Expect:
-    """A script step: the client must send exactly ``data`` next."""
+    """A script step: the client must send ``data`` next.
 
-    data: bytes
+    ``data`` is exact bytes: exactly that many bytes are read and must be equal. Or it is
+    a compiled bytes pattern, ``re.compile(rb"mail from:<.*>\\r\\n", re.IGNORECASE)``:
+    the step reads up to and including the first ``until`` (a line by default), at most
+    ``max_bytes``, and the pattern must match all of it (``fullmatch``, the ``until``
+    included), so a client that words a command its own way (case, a host name) passes.
+
+    Args:
+        data: non-empty bytes, or a pattern made with ``re.compile(rb"...")``.
+        until: a pattern's frame end (default a newline); the SMTP end of data
+            (CR LF . CR LF), say. Only with a pattern.
+        max_bytes: the most a pattern's frame may have (default 65536); more without
+            ``until`` is a mismatch. Only with a pattern.
+    """
+
+    data: bytes | re.Pattern[bytes]
+    until: bytes | None = field(default=None, kw_only=True)
+    max_bytes: int | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data", _as_bytes("Expect(data)", self.data))
+        data = self.data
+        if isinstance(data, re.Pattern):
+            if not isinstance(data.pattern, bytes):
+                raise TypeError(
+                    f"Expect(data) must be bytes or a bytes pattern (re.compile(rb'...')), got "
+                    f"the str pattern {data!r}"
+                )
+            if data.fullmatch(b"") is not None:
+                raise ValueError(
+                    f"Expect(data): the pattern must not match empty input (a client that "
+                    f"closed at once would pass), got {data!r}"
+                )
+            until = b"\n" if self.until is None else _as_bytes("Expect(until)", self.until)
+            if not until:
+                raise ValueError("Expect(until) must be non-empty bytes, got b''")
+            limit = _EXPECT_MAX if self.max_bytes is None else self.max_bytes
+            limit = _check_int("Expect(max_bytes)", limit, len(until))
+            object.__setattr__(self, "until", until)
+            object.__setattr__(self, "max_bytes", limit)
+            return
+        given: object = data  # whatever the caller passed
+        if not isinstance(given, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"Expect(data) must be bytes or a bytes pattern (re.compile(rb'...')), got "
+                f"{type(given).__name__}"
+            )
+        object.__setattr__(self, "data", _as_bytes("Expect(data)", given))
         if not self.data:
             raise ValueError(f"Expect(data) must be non-empty bytes, got {self.data!r}")
+        for name in ("until", "max_bytes"):
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"Expect({name}) applies to a pattern only: Expect(bytes) reads exactly "
+                    f"len(data) bytes"
+                )
+
+    def read(self, conn: ServerConnection) -> str | None:
+        """Read this step's input: why it does not match, ``None`` if it does."""
+        data = self.data
+        if isinstance(data, bytes):
+            got = _recv_exactly(conn, len(data))
+            if got == data:
+                return None
+            ending = "" if len(got) == len(data) else " (then the client closed)"
+            return f"expected {data!r}, got {got!r}{ending}"
+        assert self.until is not None and self.max_bytes is not None
+        got, ended = _recv_until(conn, self.until, self.max_bytes)
+        if ended and data.fullmatch(got) is not None:
+            return None
+        shown = repr(got[:_SHOWN]) + (f"... ({len(got)} bytes)" if len(got) > _SHOWN else "")
+        why = "" if ended else (
+            f" (no {self.until!r} in {self.max_bytes} bytes)" if len(got) >= self.max_bytes
+            else " (then the client closed)"
+        )
+        return f"expected a match of {data!r}, got {shown}{why}"
+
+
+_SHOWN = 64  # bytes of the input a pattern's mismatch quotes
 
 
 @dataclass(frozen=True)
@@ -338,14 +413,13 @@ class Script:
             if isinstance(step, Send):
                 conn.sendall(step.data)
             elif isinstance(step, Expect):
-                got = _recv_exactly(conn, len(step.data))
-                if got != step.data:
+                why = step.read(conn)
+                if why is not None:
                     if conn.stopping.is_set():
                         return
-                    ending = "" if len(got) == len(step.data) else " (then the client closed)"
-                    raise ScriptMismatch(
-                        f"script step {i} (Expect): expected {step.data!r}, got {got!r}{ending}"
-                    )
+                    message = f"script step {i} (Expect): {why}"
+                    del why  # the traceback keeps this frame: one copy of a long quote
+                    raise ScriptMismatch(message)
             else:
                 if step.reset:
                     reset(conn)
@@ -353,6 +427,31 @@ class Script:
                     close(conn)
                 return
         close(conn)
+
+
+def _recv_until(conn: ServerConnection, until: bytes, limit: int) -> tuple[bytes, bool]:
+    """Read up to and including ``until`` (at most ``limit`` bytes, never past ``until``:
+    what follows is the next step's). Returns what came and whether ``until`` ended it."""
+    got = bytearray()
+    peek = not isinstance(conn, ssl.SSLSocket)  # TLS sockets take no recv flags
+    keep = len(until) - 1
+    while len(got) < limit:
+        if peek:
+            ahead = conn.recv(min(limit - len(got), _CHUNK), socket.MSG_PEEK)
+            if not ahead:
+                break
+            # The terminator may straddle what came before and what is peeked now.
+            tail = bytes(got[max(0, len(got) - keep) :]) if keep else b""
+            found = (tail + ahead).find(until)
+            data = conn.recv(len(ahead) if found < 0 else found + len(until) - len(tail))
+        else:
+            data = conn.recv(1)
+        if not data:
+            break
+        got += data
+        if got.endswith(until):
+            return bytes(got), True
+    return bytes(got), False
 
 
 def _recv_exactly(conn: ServerConnection, n: int) -> bytes:
