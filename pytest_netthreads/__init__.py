@@ -24,11 +24,15 @@ from .servers import (
     ThreadedServer,
 )
 from .servers.factory import ServerFactory
+from .servers.process import ProcessServer, ProcessServerError, ProcessStartError
 
 __all__ = [
     "Address",
     "ConnectionRecord",
     "HandlerError",
+    "ProcessServer",
+    "ProcessServerError",
+    "ProcessStartError",
     "ReactorDied",
     "ServerConnection",
     "ServerError",

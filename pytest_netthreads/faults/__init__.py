@@ -15,7 +15,13 @@ from __future__ import annotations
 from . import specs
 from .framing import HTTP, RESP, Framing, FramingError, LengthPrefixed, Lines, TLSRecords
 from .hold import HeldMessage, MessageHold
-from .insocket import FaultedSocket, SocketFaultEvent, SocketFaultRule, SocketFaults
+from .insocket import (
+    FaultedSocket,
+    SocketFaultEvent,
+    SocketFaultRule,
+    SocketFaults,
+    UnmatchedRuleError,
+)
 from .network import Cut, Network, PartitionMode
 from .proxy import (
     FaultEvent,
@@ -50,5 +56,6 @@ __all__ = [
     "SocketFaultRule",
     "SocketFaults",
     "TLSRecords",
+    "UnmatchedRuleError",
     *specs.__all__,
 ]

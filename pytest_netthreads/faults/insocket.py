@@ -5,13 +5,23 @@ segments), so :class:`SocketFaults` acts on the client's own sockets. While inst
 patches methods of :class:`socket.socket` and :class:`ssl.SSLSocket` *in place* (the classes
 stay the same objects, so ``isinstance`` checks elsewhere keep working):
 
-- ``connect``/``connect_ex`` note each client socket the code under test connects (a
+- ``connect``/``connect_ex`` note each client socket the code under test connects, blocking
+  or not: a non-blocking ``connect`` that raises ``BlockingIOError`` (what asyncio's
+  ``loop.sock_connect`` does, hence ``asyncio.open_connection``, anyio, httpx's
+  ``AsyncClient``, aiohttp) is noted too (a
   :class:`~pytest_netthreads.faults.FaultProxy` dials its target through the C method, so
   its own connections are never noted);
 - ``recv``/``recv_into``/``send``/``sendall`` of a noted socket consult the fault rules
   whose address matches its peer; other sockets take a fast path to the original methods.
 
-``makefile()`` reads through ``recv_into``, so ``http.client`` and friends are covered.
+``makefile()`` reads through ``recv_into``, so ``http.client`` and friends are covered; so
+are asyncio's ``loop.sock_recv``/``sock_recv_into``/``sock_sendall`` and its selector
+transports, which call ``recv``/``recv_into``/``send`` on the socket object.
+
+A rule that matched no socket by the end is an error, not silence: :meth:`SocketFaults.check`
+(called when a ``with SocketFaults(...)`` block ends without an exception, and by the
+``socket_faults`` fixture at teardown) raises :class:`UnmatchedRuleError` naming it, unless
+it was added with ``required=False``.
 
 TLS: faults act at the :class:`ssl.SSLSocket` level, on the *plaintext*: sizes and byte
 counts are decrypted application bytes (the handshake itself is not faulted). A socket
@@ -27,12 +37,14 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
+import sys
 import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .._runtime import stacks
 from .._runtime import values as _values
 from .._runtime.patching import Patch, patch, undo_all
 from .specs import RecvChunks, RecvError, SendError, ShortSends, SocketFault
@@ -92,6 +104,10 @@ class SocketFaultRule:
         targets: set[Any] | None,
         match: Callable[[Any], bool] | None,
         from_now: bool = False,
+        *,
+        address: Any = None,
+        required: bool = True,
+        where: str = "(unknown)",
     ) -> None:
         self._owner = owner
         self.faults = faults
@@ -107,8 +123,33 @@ class SocketFaultRule:
             weakref.WeakKeyDictionary()
         )
 
+        self._address = address
+        self.required = required
+        """Whether matching no socket is an error (:meth:`SocketFaults.check`)."""
+        self.where = where
+        """``file:line in function`` of the code that added the rule."""
+        self._sockets: list[FaultedSocket] = []
+
     def _base(self, state: _SocketState) -> _Counts:
         return self._bases.get(state, _ZERO)
+
+    @property
+    def sockets(self) -> list[FaultedSocket]:
+        """The sockets this rule matched (connected while it was in, or live when it was
+        added), oldest first. Empty: the rule never applied to anything."""
+        with self._owner._lock:
+            return list(self._sockets)
+
+    def describe(self) -> str:
+        """The rule in one line: its faults, what it matches, where it was added."""
+        faults = ", ".join(repr(f) for f in self.faults)
+        if self._match is not None:
+            target = f"sockets whose peer match={self._match!r} accepts"
+        elif self._address is not None:
+            target = f"sockets connected to {_describe_address(self._address)}"
+        else:
+            target = "any socket"
+        return f"{faults} for {target} (added at {self.where})"
 
     def _matches(self, peers: frozenset[Any]) -> bool:
         if self._match is not None:
@@ -126,6 +167,22 @@ class SocketFaultRule:
 
     def __exit__(self, *exc_info: object) -> None:
         self.remove()
+
+
+class UnmatchedRuleError(AssertionError):
+    """A :class:`SocketFaults` rule matched no socket: its faults were never applied.
+
+    ``rules`` lists them. Raised by :meth:`SocketFaults.check`.
+    """
+
+    def __init__(self, message: str, rules: list[SocketFaultRule]) -> None:
+        super().__init__(message)
+        self.rules = rules
+
+
+def _describe_address(address: Any) -> str:
+    address = getattr(address, "address", address)
+    return _values.format_address(address)
 
 
 _Counts = tuple[int, int, int, int]
@@ -268,11 +325,15 @@ class SocketFaults:
             client.get(...)        # its recv calls return 1, 1, 2 bytes, then as usual
         print(sf.sockets, sf.log)
 
+    A rule that matched no socket by the end of the block raises
+    :class:`UnmatchedRuleError` there (see :meth:`check`).
+
     Args:
         faults: in-process faults (:class:`RecvChunks`, :class:`ShortSends`,
             :class:`RecvError`, :class:`SendError`) for a first rule (see :meth:`add`).
         address: that rule applies only to sockets connected to this address.
         match: or a predicate ``match(peer) -> bool`` on the ``(ip, port)`` or path.
+        required: whether that rule matching no socket is an error (see :meth:`check`).
     """
 
     def __init__(
@@ -280,17 +341,27 @@ class SocketFaults:
         *faults: SocketFault,
         address: Any = None,
         match: Callable[[Any], bool] | None = None,
+        required: bool = True,
     ) -> None:
         self._lock = threading.Lock()
         self._rules: list[SocketFaultRule] = []
         self._log: list[SocketFaultEvent] = []
         self._sockets: list[FaultedSocket] = []
         self._live_states: weakref.WeakSet[_SocketState] = weakref.WeakSet()  # added under _lock
+        # Every rule ever added (check() reports those that matched nothing, removed or not)
+        # and the live sockets this instance tracks, for add() to match against.
+        self._all_rules: list[SocketFaultRule] = []
+        self._live: weakref.WeakKeyDictionary[socket.socket, _SocketState] = (
+            weakref.WeakKeyDictionary()
+        )
         self.installed = False
         if faults:
-            self.add(*faults, address=address, match=match)
+            self._add(faults, address, match, False, required, sys._getframe(1))
         elif address is not None or match is not None:
             raise ValueError("address= and match= need faults to apply to; got no faults")
+        elif required is not True:
+            _check_required(required)
+            raise ValueError("required= needs faults to apply to; got no faults")
 
     def add(
         self,
@@ -298,6 +369,7 @@ class SocketFaults:
         address: Any = None,
         match: Callable[[Any], bool] | None = None,
         from_now: bool = False,
+        required: bool = True,
     ) -> SocketFaultRule:
         """Add a rule: ``faults`` for sockets connected to ``address`` (default: any).
 
@@ -310,7 +382,21 @@ class SocketFaults:
                 (``at_call=1`` is a pooled connection's next read), instead of from each
                 socket's first call. Sockets connected later count from their first call
                 either way.
+            required: when true (the default), the rule must match at least one socket by
+                the time :meth:`check` runs (the end of the ``with`` block, the fixture's
+                teardown); pass ``False`` for a rule that may rightly match nothing.
         """
+        return self._add(faults, address, match, from_now, required, sys._getframe(1))
+
+    def _add(
+        self,
+        faults: tuple[SocketFault, ...],
+        address: Any,
+        match: Callable[[Any], bool] | None,
+        from_now: object,
+        required: object,
+        frame: Any,
+    ) -> SocketFaultRule:
         if not isinstance(from_now, bool):
             raise TypeError(f"from_now must be a bool, got {from_now!r}")
         if not faults:
@@ -325,14 +411,81 @@ class SocketFaults:
             raise ValueError("give address= or match=, not both")
         if match is not None and not callable(match):
             raise TypeError(f"match must be a callable taking the peer address, got {match!r}")
+        _check_required(required)
         targets = None if address is None else set(_peers(address))
-        rule = SocketFaultRule(self, tuple(faults), targets, match, from_now)
+        rule = SocketFaultRule(
+            self,
+            tuple(faults),
+            targets,
+            match,
+            from_now,
+            address=address,
+            required=bool(required),
+            where=stacks.where(stacks.capture(frame, limit=8)),
+        )
         with self._lock:
             if from_now:
                 for state in self._live_states:
                     rule._bases[state] = state.counts()
+            # The live sockets it applies to from now on count as matched.
+            for sock, live in list(self._live.items()):
+                if sock.fileno() != -1 and rule._matches(live.peers):
+                    rule._sockets.append(live.record)
             self._rules.append(rule)
+            self._all_rules.append(rule)
         return rule
+
+    @property
+    def rules(self) -> list[SocketFaultRule]:
+        """Every rule added so far (removed ones too), oldest first."""
+        with self._lock:
+            return list(self._all_rules)
+
+    def unmatched(self) -> list[SocketFaultRule]:
+        """The required rules that have matched no socket so far."""
+        with self._lock:
+            return [r for r in self._all_rules if r.required and not r._sockets]
+
+    def format_unmatched(self) -> str:
+        """What :meth:`check` would raise, or ``""`` when every required rule matched."""
+        unmatched = self.unmatched()
+        if not unmatched:
+            return ""
+        sockets = self.sockets
+        lines = [
+            f"SocketFaults: {len(unmatched)} rule(s) matched no socket, so their faults were "
+            "never applied:"
+        ]
+        lines += [f"  - {rule.describe()}" for rule in unmatched]
+        if sockets:
+            lines.append("sockets connected while installed:")
+            lines += [
+                f"  - socket #{s.index} to {_values.format_address(s.peer)}"
+                + (" (TLS)" if s.tls else "")
+                for s in sockets
+            ]
+        else:
+            lines.append("no socket was connected while installed.")
+        lines += [
+            "Only sockets connected while installed are seen, by socket.socket.connect or",
+            "connect_ex, blocking or not (asyncio, anyio, httpx and aiohttp clients too).",
+            "Not seen: sockets connected before, or by C code that does not call those",
+            "methods (uvloop, C extensions); UDP. A wrong address= is the other usual cause.",
+            "Add the rule with required=False if it may rightly match nothing.",
+        ]
+        return "\n".join(lines)
+
+    def check(self) -> None:
+        """Raise :class:`UnmatchedRuleError` if a required rule matched no socket.
+
+        Called when a ``with`` block ends without an exception and by the ``socket_faults``
+        fixture, so that a rule the code under test never met (a client that connects in a
+        way this does not see, a wrong address) fails the test instead of passing it for
+        the wrong reason.
+        """
+        message = self.format_unmatched()
+        if message:
+            raise UnmatchedRuleError(message, self.unmatched())
 
     def clear(self) -> None:
         """Remove every rule (sockets behave normally again)."""
@@ -375,8 +528,10 @@ class SocketFaults:
     def __enter__(self) -> SocketFaults:
         return self.install()
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
         self.undo()
+        if exc_type is None:
+            self.check()
 
     def _track(self, sock: socket.socket, address: Any, tls: bool) -> None:
         try:
@@ -389,6 +544,19 @@ class SocketFaults:
             self._sockets.append(record)
             state = _states[sock] = _SocketState(self, record, peers)
             self._live_states.add(state)
+            self._note_matches(sock, state)
+
+    def _note_matches(self, sock: socket.socket, state: _SocketState) -> None:
+        """Under the lock: ``sock`` is tracked; the rules it matches now count as matched."""
+        self._live[sock] = state
+        for rule in self._rules:
+            if rule._matches(state.peers):
+                rule._sockets.append(state.record)
+
+
+def _check_required(required: object) -> None:
+    if not isinstance(required, bool):
+        raise TypeError(f"required must be a bool, got {required!r}")
 
 
 # -- the patched methods ---------------------------------------------------------------------
@@ -397,14 +565,21 @@ class SocketFaults:
 def _note(sock: socket.socket, address: Any) -> None:
     if not _installed:
         return
-    if sock.type != socket.SOCK_STREAM:
-        return
+    if sock.type != socket.SOCK_STREAM or sock in _states:
+        return  # a second connect() call (to see a non-blocking one finish) is the same one
     owner = _installed[-1]
     owner._track(sock, address, tls=False)
 
 
 def _connect(self: socket.socket, address: Any) -> None:
-    _BASE.connect(self, address)
+    try:
+        _BASE.connect(self, address)
+    except (BlockingIOError, InterruptedError):
+        # A non-blocking connect under way (asyncio's sock_connect, hence open_connection,
+        # anyio, httpx, aiohttp): it finishes in the background, and the reads and sends
+        # that follow go through the methods patched here.
+        _note(self, address)
+        raise
     _note(self, address)
 
 
@@ -506,6 +681,7 @@ def _ssl_create(cls: type[ssl.SSLSocket], sock: socket.socket, *args: Any, **kwa
             owner._sockets.append(record)
             made = _states[new] = _SocketState(owner, record, state.peers)
             owner._live_states.add(made)
+            owner._note_matches(new, made)
     return new
 
 
@@ -539,4 +715,11 @@ def patched() -> bool:
     return bool(_patches)
 
 
-__all__ = ["FaultedSocket", "SocketFaultEvent", "SocketFaultRule", "SocketFaults", "patched"]
+__all__ = [
+    "FaultedSocket",
+    "SocketFaultEvent",
+    "SocketFaultRule",
+    "SocketFaults",
+    "UnmatchedRuleError",
+    "patched",
+]

@@ -18,6 +18,7 @@ from .. import hookspecs
 from .._runtime.reactor import shutdown_reactor_if_idle
 from . import _compat, _deadlock, _faults, _leaks, _servers, _summary, _tls
 from ._faults import fault_network, fault_proxy, socket_faults
+from ._process import process_server
 from ._servers import echo_server, server_factory, tls_echo_server
 from ._tls import tls_ca, tls_client_context
 
@@ -76,6 +77,7 @@ __all__ = [
     "echo_server",
     "fault_network",
     "fault_proxy",
+    "process_server",
     "server_factory",
     "socket_faults",
     "tls_ca",

@@ -17,6 +17,10 @@ from ._summary import record
 _FAULT_PROXIES = pytest.StashKey[list[FaultProxy]]()
 # The same for the networks of ``fault_network`` (one report section a network).
 _FAULT_NETWORKS = pytest.StashKey[list[Network]]()
+# The test's socket_faults, and whether its call phase failed (then a rule that matched no
+# socket is shown in the report, as a likely cause, rather than failing the teardown too).
+_SOCKET_FAULTS = pytest.StashKey[SocketFaults]()
+_CALL_FAILED = pytest.StashKey[bool]()
 
 
 def add_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
@@ -37,7 +41,8 @@ def configure(config: pytest.Config) -> None:
 
 
 class _FaultsPlugin:
-    """Registered the first time a test uses ``fault_proxy`` (so it costs nothing before)."""
+    """Registered the first time a test uses ``fault_proxy`` or ``socket_faults`` (so it
+    costs nothing before)."""
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
@@ -54,6 +59,12 @@ class _FaultsPlugin:
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
+        socket_faults = item.stash.get(_SOCKET_FAULTS, None)
+        if socket_faults is not None and report.when in ("setup", "call") and report.failed:
+            item.stash[_CALL_FAILED] = True
+            unmatched = socket_faults.format_unmatched()
+            if unmatched:
+                report.sections.append((f"socket_faults ({report.when})", unmatched))
         proxies = item.stash.get(_FAULT_PROXIES, [])
         if report.failed and proxies:
             for proxy in proxies:
@@ -85,8 +96,7 @@ def fault_proxy(request: pytest.FixtureRequest) -> Iterator[Callable[..., FaultP
     reports the seed and the fault log. Proxy errors fail the test; all stop at teardown.
     """
     config = request.config
-    if not config.pluginmanager.has_plugin("netthreads-faults"):
-        config.pluginmanager.register(_FaultsPlugin(), "netthreads-faults")
+    _register(config)
     default_seed = _config.integer(config, "fault_seed")
     node = request.node
     proxies = node.stash.setdefault(_FAULT_PROXIES, [])
@@ -151,12 +161,22 @@ def fault_network(request: pytest.FixtureRequest) -> Iterator[Callable[..., Netw
 
 
 @pytest.fixture
-def socket_faults() -> Iterator[SocketFaults]:
+def socket_faults(request: pytest.FixtureRequest) -> Iterator[SocketFaults]:
     """In-process faults on the sockets the test's code connects (:class:`SocketFaults`).
 
     ``socket_faults.add(faults.RecvChunks([1, 2]), address=server.address)``; undone at
-    teardown.
+    teardown. A rule that matched no socket fails the test at teardown
+    (:class:`~pytest_netthreads.faults.UnmatchedRuleError`), unless added with
+    ``required=False``; when the test failed already, it is shown in its report instead.
     """
+    _register(request.config)
+    node = request.node
     faults = SocketFaults().install()
+    node.stash[_SOCKET_FAULTS] = faults
     yield faults
     faults.undo()
+    del node.stash[_SOCKET_FAULTS]
+    if not node.stash.get(_CALL_FAILED, False) and not interrupted():
+        message = faults.format_unmatched()
+        if message:
+            raise pytest.fail.Exception(message, pytrace=False)
