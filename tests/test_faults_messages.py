@@ -467,6 +467,8 @@ def test_hold_waits_are_bounded_and_values_checked(echo_server: ThreadedServer) 
                 hold.wait_held(1, timeout=0.1)
             with pytest.raises(ValueError, match="timeout"):
                 hold.wait_held(1, timeout=float("nan"))
+            with pytest.raises(ValueError, match=r"timeout must be .* and <= 9\.22"):
+                hold.wait_held(1, timeout=1e300)  # was OverflowError from the wait
             with pytest.raises(TypeError, match="count must be an int"):
                 hold.release("1")  # type: ignore[arg-type]
 

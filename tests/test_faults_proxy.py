@@ -433,11 +433,20 @@ def test_bad_arguments(
         FaultProxy(*args, **kwargs)  # type: ignore[arg-type]
 
 
-def test_an_infinite_stop_timeout_is_refused_and_the_proxy_keeps_running() -> None:
+@pytest.mark.parametrize("too_long", [float("inf"), 1e300, 10**400])
+def test_an_infinite_stop_timeout_is_refused_and_the_proxy_keeps_running(
+    too_long: float,
+) -> None:
+    # 1e300 is finite but beyond what a lock or a poll can wait: it used to raise
+    # OverflowError from inside stop(), with the proxy still forwarding.
+    with pytest.raises(ValueError, match="stop_timeout must be a finite number of seconds"):
+        FaultProxy(("127.0.0.1", 1), stop_timeout=too_long)
     with ThreadedServer(handlers.echo) as target:
         proxy = FaultProxy(target).start()
         with pytest.raises(ValueError, match="timeout must be a finite number of seconds"):
-            proxy.stop(float("inf"))
+            proxy.wait_for_connections(1, timeout=too_long)
+        with pytest.raises(ValueError, match="timeout must be a finite number of seconds"):
+            proxy.stop(too_long)
         with socket.create_connection(proxy.address, timeout=10) as client:
             client.sendall(b"on")
             assert recv_exactly(client, 2) == b"on"

@@ -101,6 +101,7 @@ def test_handler_must_be_callable() -> None:
         ({"stop_timeout": -1}, ValueError, "stop_timeout must be"),
         ({"stop_timeout": float("nan")}, ValueError, "stop_timeout must be a finite number"),
         ({"stop_timeout": float("inf")}, ValueError, "stop_timeout must be a finite number"),
+        ({"stop_timeout": 1e300}, ValueError, r"stop_timeout must be .* and <= 9\.22"),
         ({"stop_timeout": "5"}, TypeError, "stop_timeout must be a finite number"),
         ({"tls_handshake_timeout": 0}, ValueError, "tls_handshake_timeout must be a finite"),
         ({"tls_handshake_timeout": "5"}, TypeError, "tls_handshake_timeout must be a finite"),
@@ -124,7 +125,7 @@ def test_bad_arguments_name_the_parameter(kwargs: dict[str, object], error: type
 def test_stop_timeout_argument_is_checked_before_anything_stops() -> None:
     srv = ThreadedServer(handlers.echo).start()
     for bad, error in ((float("inf"), ValueError), (float("nan"), ValueError), (-1, ValueError),
-                       ("1", TypeError)):
+                       (1e300, ValueError), ("1", TypeError)):
         with pytest.raises(error, match="timeout must be a finite number of seconds >= 0"):
             srv.stop(bad)  # type: ignore[arg-type]
         assert srv.running

@@ -63,9 +63,11 @@ def _expected(
 
 
 def seconds(
-    value: object, what: str, *, positive: bool = False, maximum: float | None = None
+    value: object, what: str, *, positive: bool = False, maximum: float = MAX_TIMEOUT
 ) -> float:
-    """``value`` as a finite number of seconds, ``>= 0`` (``> 0`` with ``positive``)."""
+    """``value`` as a finite number of seconds, ``>= 0`` (``> 0`` with ``positive``), at most
+    ``maximum`` (by default :data:`MAX_TIMEOUT`: a longer wait raises ``OverflowError`` deep
+    inside a lock or a poll, long after the value was given)."""
     return number(value, what, maximum=maximum, above_minimum=positive, unit=" of seconds")
 
 
