@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import shutil
 import socket
+import subprocess
 
 import pytest
 import requests
@@ -220,6 +222,63 @@ def test_http_requests_session() -> None:
             r = session.post(srv.url + "/echo", data=b"x" * 100_000, timeout=10)
             assert r.status_code == 200 and r.content == b"x" * 100_000
             assert session.get(srv.url + "/nope", timeout=10).status_code == 404
+
+
+def _read_head(sock: socket.socket) -> bytes:
+    """One response head (up to the blank line), read a byte at a time."""
+    head = bytearray()
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        assert byte, f"the server closed after {bytes(head)!r}"
+        head += byte
+    return bytes(head)
+
+
+def test_http_expect_100_continue_is_answered_before_the_body() -> None:
+    responder = HTTPResponder(routes)
+    with ThreadedServer(responder) as srv, connect(srv.address) as c:
+        c.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                  b"Expect: 100-continue\r\n\r\n")
+        # The client waits for the go-ahead before sending its body (the socket's 10 s
+        # timeout bounds it: a server that never answers fails here).
+        assert _read_head(c) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        c.sendall(b"hello")
+        assert _read_head(c).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert recv_exactly(c, 5) == b"hello"
+    assert responder.requests[0].body == b"hello"
+
+
+def test_http_expect_100_continue_with_curl() -> None:
+    # curl waits --expect100-timeout (60 s here) for the 100 before it sends the body anyway;
+    # --max-time 30 makes a server that never answers the expectation fail the test.
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed (apt-get install curl; .ci/run does)")
+    with ThreadedServer(HTTPResponder(routes)) as srv:
+        proc = subprocess.run(
+            [curl, "-sS", "--max-time", "30", "--expect100-timeout", "60",
+             "-H", "Expect: 100-continue", "--data-binary", "@-", srv.url + "/echo"],
+            input=b"body" * 1000, capture_output=True, timeout=60, check=False,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"body" * 1000
+
+
+def test_http_expectations_refused_or_ignored() -> None:
+    with ThreadedServer(HTTPResponder(routes, max_body_bytes=10)) as srv:
+        with connect(srv.address) as c:  # an expectation it cannot meet: 417, closed
+            c.sendall(b"POST /echo HTTP/1.1\r\nContent-Length: 2\r\nExpect: magic\r\n\r\n")
+            assert _read_head(c).startswith(b"HTTP/1.1 417 Expectation Failed\r\n")
+        with connect(srv.address) as c:  # too large: the 413 instead of the go-ahead
+            c.sendall(b"POST /echo HTTP/1.1\r\nContent-Length: 11\r\n"
+                      b"Expect: 100-continue\r\n\r\n")
+            assert _read_head(c).startswith(b"HTTP/1.1 413 ")
+        with connect(srv.address) as c:  # HTTP/1.0: the expectation is ignored (RFC 9110)
+            c.sendall(b"POST /echo HTTP/1.0\r\nContent-Length: 2\r\n"
+                      b"Expect: 100-continue\r\n\r\nhi")
+            assert _read_head(c).startswith(b"HTTP/1.1 200 OK\r\n")
+            assert recv_exactly(c, 2) == b"hi"
+    assert srv.errors == []
 
 
 def test_http_route_error_gives_500_and_fails_the_server() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from .._runtime.reactor import EVENT_READ, EVENT_WRITE
 from .core import NativeConnection, native
-from .records import ConnectionRecord, ServerConnection
+from .records import ServerConnection
 
 _CHUNK = 256 * 1024
 # Reads start at _SMALL, under glibc's default 128 KiB mmap threshold with the bytes header:
@@ -668,7 +668,8 @@ _REASONS = {
     200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 302: "Found",
     304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
     404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-    413: "Content Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+    413: "Content Too Large", 417: "Expectation Failed", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
     503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }
@@ -742,12 +743,19 @@ def _linger(conn: ServerConnection, rfile: Any) -> None:
         pass
 
 
+def _nothing() -> None:
+    pass
+
+
 class HTTPResponder:
     """A minimal HTTP/1.1 server that real HTTP clients (urllib3, requests, httpx) can drive.
 
     Keep-alive aware: HTTP/1.1 connections stay open unless either side says
     ``Connection: close``; HTTP/1.0 ones close unless the client asked for keep-alive.
-    Request bodies are read by ``Content-Length`` or ``Transfer-Encoding: chunked``.
+    Request bodies are read by ``Content-Length`` or ``Transfer-Encoding: chunked``. A client
+    that sends ``Expect: 100-continue`` (curl for large bodies) gets ``100 Continue`` once the
+    head is accepted, before its body is read (a body over ``max_body_bytes`` gets the 413
+    instead, unsent); any other expectation gets ``417 Expectation Failed``.
     Malformed requests get a 4xx response (with a short body saying what was wrong) and the
     connection is closed.
 
@@ -796,7 +804,7 @@ class HTTPResponder:
         try:
             while True:
                 try:
-                    request = self._read_request(rfile, conn.record)
+                    request = self._read_request(rfile, conn)
                 except _BadRequest as exc:
                     self._send(conn, HTTPResponse(exc.status, str(exc).encode()), exc.method, False)
                     _linger(conn, rfile)
@@ -839,7 +847,7 @@ class HTTPResponder:
             return False
         return request.version == "HTTP/1.1" or "keep-alive" in tokens
 
-    def _read_request(self, rfile: Any, record: ConnectionRecord) -> HTTPRequest | None:
+    def _read_request(self, rfile: Any, conn: ServerConnection) -> HTTPRequest | None:
         limit = self.max_header_bytes
         line = rfile.readline(limit + 1)
         used = len(line)
@@ -863,8 +871,8 @@ class HTTPResponder:
             if not _TARGET.fullmatch(parts[1]):
                 raise _BadRequest(400, "bad request line")
             headers = self._read_fields(rfile, limit - used, "headers")
-            request = HTTPRequest(method, target, version, headers, b"", record.index)
-            request.body = self._read_body(rfile, headers)
+            request = HTTPRequest(method, target, version, headers, b"", conn.record.index)
+            request.body = self._read_body(rfile, headers, self._expectation(request, conn))
         except _BadRequest as exc:
             exc.method = method
             raise
@@ -895,7 +903,20 @@ class HTTPResponder:
                 raise _BadRequest(400, "bad header value")
             fields.append((name.decode("latin-1"), value.decode("latin-1")))
 
-    def _read_body(self, rfile: Any, headers: list[tuple[str, str]]) -> bytes:
+    @staticmethod
+    def _expectation(request: HTTPRequest, conn: ServerConnection) -> Callable[[], None]:
+        """What to do before reading the body: answer ``Expect: 100-continue`` (RFC 9110
+        10.1.1; ignored from an HTTP/1.0 client), refuse any other expectation with 417."""
+        expect = request.header("expect")
+        if expect is None or request.version != "HTTP/1.1":
+            return _nothing
+        if expect.strip(" \t").lower() != "100-continue":
+            raise _BadRequest(417, "unsupported expectation")
+        return lambda: conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _read_body(
+        self, rfile: Any, headers: list[tuple[str, str]], before: Callable[[], None]
+    ) -> bytes:
         codings = [v for k, v in headers if k.lower() == "transfer-encoding"]
         lengths = [v for k, v in headers if k.lower() == "content-length"]
         if codings:
@@ -903,6 +924,7 @@ class HTTPResponder:
                 raise _BadRequest(400, "both content-length and transfer-encoding")
             if [c.strip(" \t").lower() for v in codings for c in v.split(",")] != ["chunked"]:
                 raise _BadRequest(501, "unsupported transfer-encoding")
+            before()
             return self._read_chunked(rfile)
         if not lengths:
             return b""
@@ -914,6 +936,8 @@ class HTTPResponder:
         # Compare lengths first: int() of a very long digit string raises ValueError.
         if len(digits) > len(str(self.max_body_bytes)) or int(digits) > self.max_body_bytes:
             raise _BadRequest(413, "body too large")
+        if digits != "0":
+            before()
         body = bytearray()
         if not _read_into(rfile, body, int(digits)):
             raise _BadRequest(400, "incomplete body")
