@@ -219,8 +219,12 @@ class HTTP(Framing):
 
     A request without either has no body; so has a response with status 1xx, 204 or 304. A
     response with neither (its body ends when the server closes) cannot be framed and raises
-    :class:`FramingError`, as would a response to ``HEAD`` that announces a length (the
-    framing does not see the request).
+    :class:`FramingError`.
+
+    The framing of one direction does not see the other: a response to ``HEAD`` that
+    announces a ``Content-Length`` (as it should) is taken to have that many bytes of body,
+    which are the next response's. Do not frame the responses of a client that sends
+    ``HEAD`` (framing its requests is fine).
     """
 
     def measure(self, buffer: Buffer, start: int) -> int | None:
