@@ -398,28 +398,44 @@ def test_stuck_in_c(case):
 """
 
 
-@pytest.mark.parametrize("ini", ["", "[pytest]\nfaulthandler_timeout = 0.5\n"])
+@pytest.mark.parametrize(
+    ("ini", "args"),
+    [
+        ("", ()),
+        ("[pytest]\nfaulthandler_timeout = 0.5\n", ()),
+        ("", ("-p", "no:faulthandler")),  # faulthandler off: no C stack on 3.14 either
+    ],
+)
 def test_a_test_holding_the_gil_is_ended_by_the_process_watchdog(
-    pytester: pytest.Pytester, ini: str
+    pytester: pytest.Pytester, ini: str, args: tuple[str, ...]
 ) -> None:
     pytester.makepyfile(test_gil=GIL_HELD)
     if ini:
         pytester.makeini(ini)
-    result = pytester.runpytest_subprocess("--deadlock-timeout=1", timeout=RUN_TIMEOUT)
-    assert result.ret == -signal.SIGUSR2
+    result = pytester.runpytest_subprocess("--deadlock-timeout=1", *args, timeout=RUN_TIMEOUT)
+    # On 3.14+, with faulthandler enabled for fatal signals (pytest's default), the process
+    # is ended with SIGABRT so that faulthandler adds the C stack of the stuck main thread.
+    c_stack = sys.version_info >= (3, 14) and not args
+    name = "SIGABRT" if c_stack else "SIGUSR2"
+    assert result.ret == -(signal.SIGABRT if c_stack else signal.SIGUSR2)
     result.stderr.fnmatch_lines(
         [
             "pytest-netthreads: test_gil.py::test_stuck_in_c[[]catastrophic[]] is still running "
             "*s past the last-resort deadline and process * does not respond (C code holding "
-            "the GIL?); the watchdog process ends it with SIGUSR2. Stacks of every thread "
-            "(most recent call first):",
-            "Thread 0x* (most recent call first):",
+            f"the GIL?); the watchdog process ends it with {name}. Stacks of every thread "
+            "(most recent call first)"
+            + (", then the C stack of its main thread:" if c_stack else ":"),
+            "*Thread 0x* (most recent call first):",
             "*File *deadlock.py*, line * in _run",
         ]
     )
     result.stderr.fnmatch_lines(
         ["Current thread 0x* (most recent call first):", '*File "*test_gil.py", line * in test_*']
     )
+    if c_stack:
+        result.stderr.fnmatch_lines(["Current thread's C stack trace (most recent call first):"])
+    else:
+        result.stderr.no_fnmatch_line("*C stack trace*")
     result.stdout.no_fnmatch_line("*Hang:*")  # the Python watchdog never ran
     if ini:  # pytest's faulthandler_timeout still dumps (its timer is left alone)
         result.stderr.fnmatch_lines(["Timeout (0:00:00.5*)!"])

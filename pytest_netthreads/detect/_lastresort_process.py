@@ -6,7 +6,10 @@ library only. It polls the shared page the parent writes each deadline into (lay
 parent, it writes a header naming the stuck work to its stderr (the parent's real stderr),
 sends SIGNUM to the parent (whose faulthandler dumps every thread's stack and re-raises it:
 the process ends killed by that signal), and SIGKILL after GRACE seconds if the parent still
-lives. It ends when its stdin reaches end of file (the parent stopped it or died) or the
+lives. When the parent's arm has the C-stack flag (Python 3.14+, faulthandler enabled), it
+sends SIGABRT instead, after setting the parent's core-file size limit to 0: faulthandler's
+fatal handler adds the C stack of the thread that takes the signal. It ends when its
+stdin reaches end of file (the parent stopped it or died) or the
 parent is gone.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import resource
 import select
 import signal
 import struct
@@ -21,13 +25,24 @@ import sys
 import time
 
 POLL = 0.2
-HEADER = struct.Struct("=QdI")  # sequence (odd while written), deadline (0: none), label size
+# sequence (odd while written), deadline (0: none), label size, flags
+HEADER = struct.Struct("=QdII")
+FLAG_C_STACK = 1
 
 
-def _read(page: mmap.mmap) -> tuple[int, float, str]:
-    seq, deadline, size = HEADER.unpack_from(page, 0)
+def _read(page: mmap.mmap) -> tuple[int, float, str, int]:
+    seq, deadline, size, flags = HEADER.unpack_from(page, 0)
     label = bytes(page[HEADER.size : HEADER.size + size]).decode("utf-8", "replace")
-    return seq, deadline, label
+    return seq, deadline, label, flags
+
+
+def _no_core_file(pid: int) -> None:
+    """A SIGABRT dumps core where the limit allows it: not for a deliberate end."""
+    try:
+        _, hard = resource.prlimit(pid, resource.RLIMIT_CORE)
+        resource.prlimit(pid, resource.RLIMIT_CORE, (0, hard))
+    except OSError:  # not permitted here: the system's limit stands
+        pass
 
 
 def _parent_alive(parent: int) -> bool:
@@ -45,7 +60,7 @@ def main() -> int:
         ready, _, _ = select.select([0], [], [], POLL)
         if ready and not os.read(0, 4096):
             return 0  # the parent stopped us (or died)
-        seq, deadline, label = _read(page)
+        seq, deadline, label, flags = _read(page)
         now = time.monotonic()
         if seq % 2 or not deadline or now < deadline:
             seen = None
@@ -53,17 +68,23 @@ def main() -> int:
         if seen != (seq, deadline):
             seen = (seq, deadline)  # fire only if the same arm is still late at the next poll
             continue
-        name = signal.Signals(signum).name
+        sent = signum
+        what = "Stacks of every thread (most recent call first)"
+        if flags & FLAG_C_STACK:
+            sent = signal.SIGABRT
+            what += ", then the C stack of its main thread"
+            _no_core_file(parent)
+        name = signal.Signals(sent).name
         os.write(
             2,
             (
                 f"\npytest-netthreads: {label or 'the work'} is still running "
                 f"{now - deadline:.1f}s past the last-resort deadline and process {parent} "
                 "does not respond (C code holding the GIL?); the watchdog process ends it "
-                f"with {name}. Stacks of every thread (most recent call first):\n"
+                f"with {name}. {what}:\n"
             ).encode("utf-8", "replace"),
         )
-        os.kill(parent, signum)
+        os.kill(parent, sent)
         end = time.monotonic() + grace
         while _parent_alive(parent) and time.monotonic() < end:
             time.sleep(0.05)

@@ -9,9 +9,13 @@ that reads each deadline and the name of the work from a page of memory it share
 process, so that arming costs no system call. When a deadline passes, it writes a header
 naming the work to stderr and sends ``signum`` (default ``SIGUSR2``) to this process; a
 ``faulthandler`` handler registered for that signal dumps every thread's stack without the
-GIL and re-raises it, so the process ends killed by that signal. If the signal's handler was
-replaced meanwhile (user code took the signal), the helper sends ``SIGKILL`` after ``grace``
-seconds. The helper ends when it is stopped or this process ends.
+GIL and re-raises it, so the process ends killed by that signal. On Python 3.14 and later,
+while ``faulthandler`` is enabled for fatal signals (pytest enables it), the helper sends
+``SIGABRT`` instead (after setting this process's core-file size limit to 0): faulthandler's
+fatal handler then also dumps the C stack of the thread that takes the signal (the main
+thread), which shows a hang inside an extension. If the signal's handler was replaced
+meanwhile (user code took the signal), the helper sends ``SIGKILL`` after ``grace`` seconds.
+The helper ends when it is stopped or this process ends.
 
 ``faulthandler``'s own timer (``dump_traceback_later``, one per process, which pytest's
 ``faulthandler_timeout`` uses) is left alone. A forked child does not inherit the watchdog:
@@ -37,8 +41,10 @@ __all__ = ["ProcessWatchdog"]
 
 _SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lastresort_process.py")
 # The shared page: sequence (odd while being written), deadline on time.monotonic()'s clock
-# (CLOCK_MONOTONIC, the same in every process; 0: disarmed), label size, label (UTF-8).
-_HEADER = struct.Struct("=QdI")
+# (CLOCK_MONOTONIC, the same in every process; 0: disarmed), label size, flags, label (UTF-8).
+_HEADER = struct.Struct("=QdII")
+_FLAG_C_STACK = 1  # end the process with SIGABRT: faulthandler adds the C stack (3.14+)
+_HAS_C_STACK = sys.version_info >= (3, 14)  # faulthandler.enable(c_stack=True) is new in 3.14
 _MAX_LABEL = mmap.PAGESIZE - _HEADER.size
 
 _WATCHDOGS: weakref.WeakSet[ProcessWatchdog] = weakref.WeakSet()
@@ -63,11 +69,19 @@ class ProcessWatchdog:
     Args:
         stderr_fd: where the header and the stacks go (a duplicate is kept; default 2).
         signum: the signal that dumps the stacks and ends the process.
+        c_stack: on Python 3.14+, end the process with ``SIGABRT`` instead when
+            ``faulthandler`` is enabled for fatal signals at the time of :meth:`arm`, so that
+            its report has the C stack of the main thread too (exit status ``-6``).
         grace: seconds between that signal and ``SIGKILL``, if the process still lives.
     """
 
     def __init__(
-        self, *, stderr_fd: int = 2, signum: int = signal.SIGUSR2, grace: float = 5.0
+        self,
+        *,
+        stderr_fd: int = 2,
+        signum: int = signal.SIGUSR2,
+        grace: float = 5.0,
+        c_stack: bool = True,
     ) -> None:
         if isinstance(stderr_fd, bool) or not isinstance(stderr_fd, int):
             raise TypeError(f"stderr_fd must be a file descriptor (int), got {stderr_fd!r}")
@@ -78,7 +92,10 @@ class ProcessWatchdog:
         if signum not in signal.valid_signals() or signum in (signal.SIGKILL, signal.SIGSTOP):
             raise ValueError(f"signum must be a signal that can be handled, got {signum!r}")
         self._stderr_fd = stderr_fd
+        if not isinstance(c_stack, bool):
+            raise TypeError(f"c_stack must be a bool, got {c_stack!r}")
         self._signum = int(signum)  # a plain int: str(Signals.SIGUSR2) is a name on 3.10
+        self._c_stack = c_stack and _HAS_C_STACK
         self._grace = _positive_seconds(grace, "grace")
         self._lock = raw_lock()
         self._fd: int | None = None  # the duplicate of stderr_fd
@@ -108,12 +125,13 @@ class ProcessWatchdog:
             data = (label or "").encode("utf-8", "replace")
             if len(data) > _MAX_LABEL:
                 data = data[: _MAX_LABEL - 3] + b"..."
-            self._write(monotonic() + seconds, data)
+            flags = _FLAG_C_STACK if self._c_stack and faulthandler.is_enabled() else 0
+            self._write(monotonic() + seconds, data, flags)
 
     def disarm(self) -> None:
         with self._lock:
             if self._page is not None and not self._child:
-                self._write(0.0, b"")
+                self._write(0.0, b"", 0)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the helper (waiting up to ``timeout`` seconds, then killing it)."""
@@ -184,14 +202,14 @@ class ProcessWatchdog:
             faulthandler.register(self._signum, file=fd, all_threads=True, chain=True)
             self._registered = True
 
-    def _write(self, deadline: float, label: bytes) -> None:
+    def _write(self, deadline: float, label: bytes, flags: int) -> None:
         page = self._page
         assert page is not None
         self._seq += 1  # odd: being written
-        _HEADER.pack_into(page, 0, self._seq, 0.0, 0)
+        _HEADER.pack_into(page, 0, self._seq, 0.0, 0, 0)
         page[_HEADER.size : _HEADER.size + len(label)] = label
         self._seq += 1
-        _HEADER.pack_into(page, 0, self._seq, deadline, len(label))
+        _HEADER.pack_into(page, 0, self._seq, deadline, len(label), flags)
 
     def _forget_in_child(self) -> None:
         # The page is shared with the parent: never write to it from here.
