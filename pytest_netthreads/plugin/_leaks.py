@@ -195,8 +195,7 @@ def _allowed(
 
 def _socket_line(leak: LeakedSocket) -> str:
     """How a socket is shown in the summary, and what the socket patterns search."""
-    by = f", created by {leak.created_by}" if leak.created_by else ""
-    return f"{leak.description}, created at {leak.created_at}{by}"
+    return f"{leak.description}, created at {leak.created_at}"
 
 
 class _ThreadLeakPlugin:
@@ -335,7 +334,8 @@ class _ThreadLeakPlugin:
 
         def line(leak: LeakedSocket) -> str:
             collected = "collected unclosed: " if leak.collected else ""
-            return f"{_by(owner)}{collected}{_socket_line(leak)}"
+            by = f", created by {leak.created_by}" if leak.created_by else ""
+            return f"{_by(owner)}{collected}{_socket_line(leak)}{by}"
 
         self._handle("socket", leaks, key, line, lambda some: format_socket_leaks(owner, some))
         return True
