@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -174,11 +174,38 @@ class LeakedThread:
             f"current stack (most recent call last):\n{self.current_stack}"
         )
 
+    def format_brief(self, shown_for: str) -> str:
+        """Its headline and start site, referring to the full report of a leak like it
+        (same target, same start site) made for ``shown_for``."""
+        full = self.format()
+        head = full[: full.index("start stack (most recent call last):")]
+        return f"{head}(stacks as in the report for {shown_for}: same target and start site)"
 
-def format_thread_leaks(owner: str, leaks: list[LeakedThread], grace: float) -> str:
-    """The report for ``leaks``: a headline naming ``owner``, then each thread."""
+    def same_as(self) -> tuple[str, str, str | None]:
+        """What leaks alike share: target, start site, and the user's frame that led there."""
+        return (self.target, self.started_at, self.started_by)
+
+
+def format_thread_leaks(
+    owner: str,
+    leaks: list[LeakedThread],
+    grace: float,
+    *,
+    shown_for: Sequence[str | None] = (),
+) -> str:
+    """The report for ``leaks``: a headline naming ``owner``, then each thread.
+
+    ``shown_for[i]``, when given and not ``None``, names the owner whose report already
+    showed a leak like ``leaks[i]`` (same target, same start site) in full: that one is
+    reported in three lines, without its stacks (a fixture leaking in each of 50 tests
+    makes one full report, not 50).
+    """
     head = f"{len(leaks)} thread(s) started by {owner} still running {grace:g}s after its teardown:"
-    return "\n".join([head, *(leak.format() for leak in leaks)])
+    parts = [head]
+    for i, leak in enumerate(leaks):
+        first = shown_for[i] if i < len(shown_for) else None
+        parts.append(leak.format() if first is None else leak.format_brief(first))
+    return "\n".join(parts)
 
 
 class ThreadLeakError(AssertionError):

@@ -213,6 +213,8 @@ class _ThreadLeakPlugin:
         self._reports: list[str] = []
         self._found: list[tuple[str, str]] = []  # (kind, summary line) for _record
         self._failed: list[str] = []  # summary lines of the leaks that fail the test
+        # what a thread leak reported in full has in common with others, and its owner
+        self._shown: dict[tuple[str, str, str | None], str] = {}
         self._warnings: list[tuple[str, str]] = []  # (summary lines, report) at warn level
         self.ignore_sockets: list[re.Pattern[str]] = []  # ini socket_leak_ignore
         self.levels = {"thread": "fail", "socket": "fail"}
@@ -321,7 +323,9 @@ class _ThreadLeakPlugin:
             return BaselineEntry("thread", owner, normalise_name(leak.name), site)
 
         def report(some: list[LeakedThread]) -> str:
-            return format_thread_leaks(owner, some, self.checker.grace)
+            shown_for = [self._shown.setdefault(leak.same_as(), owner) for leak in some]
+            brief = [None if first == owner else first for first in shown_for]
+            return format_thread_leaks(owner, some, self.checker.grace, shown_for=brief)
 
         self._handle("thread", leaks, key, lambda leak: _leak_line(owner, leak), report)
         return True
