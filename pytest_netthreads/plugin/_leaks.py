@@ -388,6 +388,10 @@ class _ThreadLeakPlugin:
                     "pytest, still a leak):\n" + "\n".join(failed)
                 )
                 report.sections.append(("netthreads: leaks in an xfail test", text))
+                report.wasxfail = (
+                    f"{report.wasxfail} [and {len(failed)} leak(s) at teardown: see the "
+                    "pytest-netthreads summary]"
+                ).lstrip()
                 warn(item, f"{item.nodeid}: {text}")
             if self.baseline is not None:
                 self.baseline.attach(item, report)

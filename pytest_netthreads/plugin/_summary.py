@@ -70,12 +70,14 @@ def group_key(kind: str, value: str) -> str:
 def warn(item: pytest.Item, text: str) -> None:
     """Issue a :class:`NetthreadsWarning` located at ``item``'s test function.
 
-    Always shown, once per call, and never turned into an error by ``-W error`` or
+    Paths under the rootdir are shown relative to it. Always shown, once per call, and never turned into an error by ``-W error`` or
     ``filterwarnings = error``: the detector's level says what fails a test, and ``warn``
     means it does not.
     """
     path, line, _ = item.location
-    filename = os.path.join(str(item.config.rootpath), path)
+    root = str(item.config.rootpath)
+    filename = os.path.join(root, path)
+    text = text.replace(root + os.sep, "")  # paths relative to the rootdir, as in the summary
     with warnings.catch_warnings():
         warnings.simplefilter("always", NetthreadsWarning)
         lineno = (line or 0) + 1
