@@ -70,9 +70,9 @@ def group_key(kind: str, value: str) -> str:
 def warn(item: pytest.Item, text: str) -> None:
     """Issue a :class:`NetthreadsWarning` located at ``item``'s test function.
 
-    Paths under the rootdir are shown relative to it. Always shown, once per call, and never turned into an error by ``-W error`` or
-    ``filterwarnings = error``: the detector's level says what fails a test, and ``warn``
-    means it does not.
+    Paths under the rootdir are shown relative to it. Always shown, once per call, and never
+    turned into an error by ``-W error`` or ``filterwarnings = error``: the detector's level
+    says what fails a test, and ``warn`` means it does not.
     """
     path, line, _ = item.location
     root = str(item.config.rootpath)
