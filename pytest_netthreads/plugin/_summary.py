@@ -37,6 +37,7 @@ BASELINED = "[baselined] "
 """The tag of a finding the leak baseline lists (it did not fail its test)."""
 _TAGS = (WARNED, BASELINED)
 _LISTED = 10  # tests listed under a finding that hit several
+_GROUPED = ("thread_leak", "socket_leak")  # kinds whose findings alike are listed once
 
 
 def record(item: pytest.Item, kind: str, value: str) -> None:
@@ -131,8 +132,10 @@ class _Summary:
             if not entries:
                 continue
             groups: dict[str, list[tuple[str, str, bool]]] = {}
-            for entry in entries:
-                groups.setdefault(group_key(kind, entry[1]), []).append(entry)
+            for i, entry in enumerate(entries):
+                # Leaks alike are one bug; a hang's or a cycle's line says too little.
+                key = group_key(kind, entry[1]) if kind in _GROUPED else str(i)
+                groups.setdefault(key, []).append(entry)
             write(f"{title}: {len(entries)}{_counts(entries, len(groups))}")
             for key, hits in groups.items():
                 if len(hits) == 1:
