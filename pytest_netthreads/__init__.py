@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from . import faults, handlers
 from ._version import __version__
+from .detect.findings import NetthreadsWarning
 from .detect.threadleak import ThreadLeakChecker, ThreadLeakError
 from .servers import (
     Address,
@@ -30,6 +31,7 @@ __all__ = [
     "Address",
     "ConnectionRecord",
     "HandlerError",
+    "NetthreadsWarning",
     "ProcessServer",
     "ProcessServerError",
     "ProcessStartError",

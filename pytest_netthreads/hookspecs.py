@@ -60,7 +60,8 @@ def pytest_netthreads_thread_leaks(
     Filter by removing entries from ``leaks`` (in place) and returning ``None``; take the report
     over by returning anything but ``None`` (nothing more is done then). The default
     implementation (``trylast``) fails the test at teardown with the report, if ``leaks`` is
-    not empty.
+    not empty (leaks the ``--leak-baseline`` file lists, or all of them at
+    ``--thread-leak-level=warn``, are reported without failing it).
 
     Args:
         config: the pytest config.

@@ -518,7 +518,8 @@ def test_socket_leak_collected_end_to_end(pytester: pytest.Pytester, how: str) -
         [
             "socket leaks: 2",
             "  test_collected.py::test_drops_a_connection: collected unclosed: fd=* AF_INET "
-            "SOCK_STREAM 127.0.0.1:* -> 127.0.0.1:*, created at test_collected.py:8 in connect",
+            "SOCK_STREAM 127.0.0.1:* -> 127.0.0.1:*, created at test_collected.py:8 in connect, "
+            "created by test_collected.py:22 in test_drops_a_connection",
         ]
     )
 

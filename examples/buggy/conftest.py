@@ -43,6 +43,13 @@ def report_section(lines: list[str]) -> list[str]:
     return lines[start + 1 : end]
 
 
+def summary_section(lines: list[str]) -> list[str]:
+    """The run's pytest-netthreads section, with its ``===`` title."""
+    start = next(i for i, line in enumerate(lines) if re.match(r"=+ pytest-netthreads =+$", line))
+    end = next(i for i in range(start + 1, len(lines)) if re.match(r"=+ .* =+$", lines[i]))
+    return lines[start:end]
+
+
 _FRAME = re.compile(r'\s*(?:E\s+)?File "([^"]+)", line \d+')
 _SHORT_FRAME = re.compile(r"\.\.\./\S+:\d+: in ")  # --tb=short, in the kit's code
 _THREAD = re.compile(r"(?:E\s+)?--- thread ")
@@ -103,16 +110,20 @@ def key_patterns(report: str) -> list[str]:
 
 @pytest.fixture
 def run_buggy(pytester: pytest.Pytester) -> Callable[..., pytest.RunResult]:
-    """``run_buggy(module, *options)`` runs ``examples/buggy/<module>`` as a user would."""
+    """``run_buggy(module, *options)`` runs ``examples/buggy/<module>`` as a user would;
+    with ``summary=True`` the report kept in the docs ends with the run's summary section."""
 
-    def run(module: str, *options: str) -> pytest.RunResult:
+    def run(module: str, *options: str, summary: bool = False) -> pytest.RunResult:
         target = pytester.path / "examples" / "buggy"
         target.mkdir(parents=True)
         shutil.copy(HERE / module, target / module)
         result = pytester.runpytest_subprocess(
             *options, f"examples/buggy/{module}", "-p", "no:cacheprovider", timeout=120
         )
-        report = shorten("\n".join(report_section(result.outlines)), pytester.path) + "\n"
+        lines = report_section(result.outlines)
+        if summary:
+            lines += summary_section(result.outlines)
+        report = shorten("\n".join(lines), pytester.path) + "\n"
         stored = REPORTS / (pathlib.Path(module).stem + ".txt")
         if os.environ.get("NETTHREADS_WRITE_REPORTS"):
             stored.write_text(report)

@@ -44,6 +44,34 @@ def test_unjoined_thread_is_caught_by_the_thread_leak_check(run_buggy):
     ])
 
 
+def test_a_fixture_leaking_in_every_test_is_reported_once_in_full(run_buggy):
+    result = run_buggy(
+        "shared_client_fixture.py", "--thread-leak-check", "--thread-leak-grace=0.2", summary=True
+    )
+    result.assert_outcomes(passed=3, errors=3)
+    module = f"{BUGGY}shared_client_fixture.py"
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_counts_a_login*",
+        "--- thread 'stats-heartbeat' (daemon), target "
+        "shared_client_fixture.StatsClient._beat",
+        "started at */shared_client_fixture.py:* in __init__",
+        f"started by {module}:* in stats",
+        "start stack (most recent call last):",
+        "*ERROR at teardown of test_counts_a_logout*",
+        f"started by {module}:* in stats",
+        f"(stacks as in the report for {module}::test_counts_a_login: same target and start "
+        "site)",
+        "*= pytest-netthreads =*",
+        "thread leaks: 3 (1 distinct)",
+        "  'stats-heartbeat' (shared_client_fixture.StatsClient._beat, daemon), started at "
+        f"{module}:* in __init__, started by {module}:* in stats: in 3 tests",
+        f"    {module}::test_counts_a_login",
+        f"    {module}::test_counts_a_logout",
+        f"    {module}::test_counts_an_error",
+    ])
+    assert result.stdout.str().count("start stack (most recent call last):") == 1
+
+
 def test_unclosed_pool_is_caught_by_the_socket_leak_check(run_buggy):
     result = run_buggy("leaky_pool.py", "--socket-leak-check")
     result.assert_outcomes(passed=1, errors=1)

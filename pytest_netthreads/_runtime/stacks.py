@@ -38,8 +38,10 @@ __all__ = [
     "is_runner_file",
     "is_stdlib_file",
     "stack_lines",
+    "started_by",
     "walk",
     "where",
+    "where_within",
 ]
 
 Frame = tuple[str, int, str]
@@ -223,3 +225,37 @@ def where(frames: Sequence[Frame]) -> str:
         filename, lineno, name = frames[-1]
         return f"{filename}:{lineno} in {name}"
     return "(unknown)"
+
+
+def where_within(frames: Sequence[Frame], root: str) -> str | None:
+    """``path:line in function`` of the outermost frame of code inside ``root`` (the user's
+    rootdir), the path relative to ``root``; ``None`` when no frame is.
+
+    :func:`where` names the innermost frame outside library code, which may be a library of
+    the project's own (``somelib/transport.py:763``); this names the frame of the test, the
+    fixture or the ``conftest.py`` that led there (``tests/conftest.py:92 in a_fixture``).
+    Library code inside ``root`` (a virtualenv in it, this kit) does not count.
+    """
+    prefix = os.path.join(os.path.normcase(os.path.abspath(root)), "")
+    for filename, lineno, name in frames:
+        path = os.path.normcase(os.path.abspath(filename))
+        if path.startswith(prefix) and not is_library_file(filename):
+            return f"{os.path.relpath(filename, root)}:{lineno} in {name}"
+    return None
+
+
+def started_by(frames: Sequence[Frame], root: str | None) -> str | None:
+    """:func:`where_within` ``root``, or ``None`` when it is the frame :func:`where` names
+    already (or ``root`` is ``None``): what a report adds as "started by"."""
+    if root is None:
+        return None
+    found = where_within(frames, root)
+    if found is None:
+        return None
+    named = where(frames)
+    for filename, lineno, name in frames:  # the frame where() names, shortened alike
+        if f"{filename}:{lineno} in {name}" == named:
+            if f"{os.path.relpath(filename, root)}:{lineno} in {name}" == found:
+                return None
+            break
+    return found

@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from .._runtime.stacks import Frame, format_frames, where
+from .._runtime.stacks import Frame, format_frames, started_by, where
 from .._runtime.values import format_address
 
 _KIT_SOCKET_FILES = (os.path.join("pytest_netthreads", "_runtime", "reactor.py"),)
@@ -58,6 +58,8 @@ class LeakedSocket:
         owner: the owner's label.
         created_at: ``file:line in function`` of the code that created it.
         creation_stack: the stack that created it, formatted (most recent call last).
+        created_by: the outermost frame of the creation stack inside the checker's
+            ``root``, when it is not the one ``created_at`` names (else ``None``).
     """
 
     socket: socket.socket | None
@@ -67,11 +69,13 @@ class LeakedSocket:
     creation_stack: str
     collected: bool = False
     """Garbage-collected without being closed (Python closed it, with a ``ResourceWarning``)."""
+    created_by: str | None = None
 
     def format(self) -> str:
+        by = f"created by {self.created_by}\n" if self.created_by else ""
         return (
             f"--- socket {self.description}\n"
-            f"created at {self.created_at}\n"
+            f"created at {self.created_at}\n{by}"
             f"creation stack (most recent call last):\n{self.creation_stack}"
         )
 
@@ -109,8 +113,12 @@ def still_open(records: list[SocketRecord]) -> list[SocketRecord]:
     return [record for record in records if record.open() and not record.kit_owned()]
 
 
-def find_leaked_sockets(records: list[SocketRecord]) -> list[LeakedSocket]:
+def find_leaked_sockets(
+    records: list[SocketRecord], root: str | None = None
+) -> list[LeakedSocket]:
     """The records whose socket is still open, as :class:`LeakedSocket`, kit sockets left out.
+
+    ``root``: the user's directory, for :attr:`LeakedSocket.created_by`.
 
     Before anything is reported the garbage collector runs once: a socket that only a
     reference cycle kept alive (say, a connection pool reachable from a traceback's frames,
@@ -132,12 +140,15 @@ def find_leaked_sockets(records: list[SocketRecord]) -> list[LeakedSocket]:
                 owner=str(record.owner),
                 created_at=where(record.frames),
                 creation_stack=format_frames(record.frames),
+                created_by=started_by(record.frames, root),
             )
         )
     return leaks
 
 
-def collected_leak(record: SocketRecord, description: str) -> LeakedSocket:
+def collected_leak(
+    record: SocketRecord, description: str, root: str | None = None
+) -> LeakedSocket:
     """The :class:`LeakedSocket` of a socket collected while open (``description`` was taken
     in its finalizer, before Python closed it)."""
     return LeakedSocket(
@@ -147,6 +158,7 @@ def collected_leak(record: SocketRecord, description: str) -> LeakedSocket:
         created_at=where(record.frames),
         creation_stack=format_frames(record.frames),
         collected=True,
+        created_by=started_by(record.frames, root),
     )
 
 

@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -53,7 +53,14 @@ from typing import TYPE_CHECKING, Any
 
 from .._runtime import values
 from .._runtime.patching import Patch, patch, undo_all
-from .._runtime.stacks import Frame, format_frames, format_thread_stack, walk, where
+from .._runtime.stacks import (
+    Frame,
+    format_frames,
+    format_thread_stack,
+    started_by,
+    walk,
+    where,
+)
 from .._runtime.stacks import capture as capture_stack
 from .._runtime.threads import add_creation_listener, is_internal
 from .socketleak import (
@@ -140,6 +147,9 @@ class LeakedThread:
         started_at: ``file:line in function`` of the code that started it.
         start_stack: the stack that started it, formatted (most recent call last).
         current_stack: its stack at check time, formatted.
+        started_by: ``path:line in function`` (relative to the checker's ``root``) of the
+            outermost frame of the start stack inside ``root`` (the test or fixture that led
+            to the start), when it is not the frame ``started_at`` names; else ``None``.
     """
 
     thread: threading.Thread | None
@@ -150,23 +160,52 @@ class LeakedThread:
     started_at: str
     start_stack: str
     current_stack: str
+    started_by: str | None = None
 
     def format(self) -> str:
         kind = "daemon" if self.daemon else "non-daemon"
         if self.thread is None:
             kind = "started with _thread, no Thread object"
+        by = f"started by {self.started_by}\n" if self.started_by else ""
         return (
             f"--- thread {self.name!r} ({kind}), target {self.target}\n"
-            f"started at {self.started_at}\n"
+            f"started at {self.started_at}\n{by}"
             f"start stack (most recent call last):\n{self.start_stack}"
             f"current stack (most recent call last):\n{self.current_stack}"
         )
 
+    def format_brief(self, shown_for: str) -> str:
+        """Its headline and start site, referring to the full report of a leak like it
+        (same target, same start site) made for ``shown_for``."""
+        full = self.format()
+        head = full[: full.index("start stack (most recent call last):")]
+        return f"{head}(stacks as in the report for {shown_for}: same target and start site)"
 
-def format_thread_leaks(owner: str, leaks: list[LeakedThread], grace: float) -> str:
-    """The report for ``leaks``: a headline naming ``owner``, then each thread."""
+    def same_as(self) -> tuple[str, str, str | None]:
+        """What leaks alike share: target, start site, and the user's frame that led there."""
+        return (self.target, self.started_at, self.started_by)
+
+
+def format_thread_leaks(
+    owner: str,
+    leaks: list[LeakedThread],
+    grace: float,
+    *,
+    shown_for: Sequence[str | None] = (),
+) -> str:
+    """The report for ``leaks``: a headline naming ``owner``, then each thread.
+
+    ``shown_for[i]``, when given and not ``None``, names the owner whose report already
+    showed a leak like ``leaks[i]`` (same target, same start site) in full: that one is
+    reported in three lines, without its stacks (a fixture leaking in each of 50 tests
+    makes one full report, not 50).
+    """
     head = f"{len(leaks)} thread(s) started by {owner} still running {grace:g}s after its teardown:"
-    return "\n".join([head, *(leak.format() for leak in leaks)])
+    parts = [head]
+    for i, leak in enumerate(leaks):
+        first = shown_for[i] if i < len(shown_for) else None
+        parts.append(leak.format() if first is None else leak.format_brief(first))
+    return "\n".join(parts)
 
 
 class ThreadLeakError(AssertionError):
@@ -199,6 +238,21 @@ def compile_patterns(patterns: Iterable[str], what: str) -> list[re.Pattern[str]
             ) from None
     return compiled
 
+
+IDLE_WORKER_CACHES: tuple[tuple[str, str], ...] = (
+    # trio (trio._core._thread_cache): trio.to_thread.run_sync and trio's own blocking calls
+    # (getaddrinfo, file I/O) run in a process-wide cache of worker threads, each named
+    # "Trio thread N" and kept, idle, for 10 seconds (IDLE_TIMEOUT) after its job for the
+    # next one. One left idle after a test is no leak: the next test reuses it, and it exits
+    # on its own. While it runs a job it carries the job's name, so a worker stuck in a
+    # test's job is still reported.
+    (r"^Trio thread \d+$", "trio's idle worker thread cache (trio._core._thread_cache)"),
+)
+"""Threads that libraries keep on purpose, idle, between uses, as ``(name regex, why)``.
+
+The plugin ignores them by default (ini ``thread_leak_default_ignore = false`` turns that
+off); :class:`ThreadLeakChecker` does not, unless given them in ``ignore``.
+"""
 
 MAX_GRACE = threading.TIMEOUT_MAX
 """The longest grace (seconds): what ``Thread.join`` accepts as a timeout."""
@@ -296,6 +350,9 @@ class ThreadLeakChecker:
         self._running = False
         self._default_owner = f"{type(self).__name__}@{id(self):#x}"
         self._previous: Hashable | None = None
+        self.root: str | None = None
+        """The user's directory (the plugin sets pytest's rootdir): a report names the
+        outermost frame inside it that led to a leak ("started by ..."); ``None``: not."""
 
     @property
     def grace(self) -> float:
@@ -730,6 +787,7 @@ class ThreadLeakChecker:
                     started_at=where(record.frames),
                     start_stack=format_frames(record.frames),
                     current_stack=current,
+                    started_by=started_by(record.frames, self.root),
                 )
             )
         return leaks
@@ -744,6 +802,7 @@ class ThreadLeakChecker:
             started_at=where(record.frames),
             start_stack=format_frames(record.frames),
             current_stack=format_thread_stack(thread),
+            started_by=started_by(record.frames, self.root),
         )
 
     # -- sockets -------------------------------------------------------------------------
@@ -805,7 +864,7 @@ class ThreadLeakChecker:
         if not entries:
             return []
         return [
-            collected_leak(record, description)
+            collected_leak(record, description, self.root)
             for record, description in entries
             if not record.kit_owned()
         ]
@@ -834,7 +893,7 @@ class ThreadLeakChecker:
         if candidates and threads:
             _join(threads, deadline)  # those already joined return at once
             candidates = still_open(candidates)
-        return find_leaked_sockets(candidates)
+        return find_leaked_sockets(candidates, self.root)
 
 
 # The ``_thread`` functions that start a thread without a ``threading.Thread``
@@ -855,6 +914,7 @@ def _join(threads: list[threading.Thread], deadline: float) -> None:
 
 
 __all__ = [
+    "IDLE_WORKER_CACHES",
     "MAX_GRACE",
     "LeakedThread",
     "ThreadLeakChecker",

@@ -16,6 +16,7 @@ import pytest
 
 from .. import hookspecs
 from .._runtime.reactor import shutdown_reactor_if_idle
+from ..detect.findings import NetthreadsWarning
 from . import _compat, _deadlock, _faults, _leaks, _servers, _summary, _tls
 from ._faults import fault_network, fault_proxy, socket_faults
 from ._process import process_server
@@ -74,6 +75,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 
 
 __all__ = [
+    "NetthreadsWarning",
     "echo_server",
     "fault_network",
     "fault_proxy",

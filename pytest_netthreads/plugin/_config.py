@@ -7,6 +7,7 @@ Every setting of the plugin is a command-line option mirrored by an ini key of t
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 import pytest
@@ -75,3 +76,38 @@ def integer(config: pytest.Config, name: str) -> int | None:
         return int(str(raw).strip())
     except ValueError:
         raise pytest.UsageError(f"{where} must be an int, got {raw!r}") from None
+
+
+LEVELS = ("warn", "fail")
+"""What a detector's finding does: ``fail`` its test (the default), or only ``warn``."""
+
+
+def level(config: pytest.Config, name: str) -> str:
+    """A detector's level, ``"warn"`` or ``"fail"`` (the default when unset).
+
+    Raises:
+        pytest.UsageError: naming the option or ini key, the allowed values and the value.
+    """
+    raw, where = setting(config, name)
+    if _unset(raw, where):
+        return "fail"
+    value = str(raw).strip().lower()
+    if value not in LEVELS:
+        raise pytest.UsageError(
+            f"{where} must be one of {', '.join(LEVELS)}, got {raw!r}"
+        )
+    return value
+
+
+def path(config: pytest.Config, name: str) -> str | None:
+    """A file name, relative to the rootdir when given in the ini file (as pytest's own
+    ``cache_dir`` is), to the current directory on the command line; ``None`` when unset."""
+    raw, where = setting(config, name)
+    if _unset(raw, where):
+        return None
+    text = str(raw).strip()
+    if not text:
+        raise pytest.UsageError(f"{where} must be a file name, got {raw!r}")
+    if where.startswith("--"):
+        return os.path.abspath(text)
+    return os.path.join(str(config.rootpath), text)

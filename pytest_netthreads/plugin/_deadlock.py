@@ -13,7 +13,7 @@ from .._runtime import values
 from ..detect.deadlock import DeadlockDetector, DeadlockError, HangError
 from ..detect.lockorder import LockOrderChecker
 from . import _config
-from ._summary import deadlock_line, first_line, record, summary
+from ._summary import WARNED, deadlock_line, first_line, record, summary, warn
 
 if TYPE_CHECKING:
     from ..detect.deadlock import DeadlockReport
@@ -46,6 +46,13 @@ def add_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
         help="fail a test that takes locks in an order inverse to an order seen before "
         "(a potential deadlock, even if none happened) (ini: lock_order_check)",
     )
+    group.addoption(
+        "--lock-order-level",
+        metavar="warn|fail",
+        default=None,
+        help="what a lock-order inversion does: fail its test (default) or only warn "
+        "(NetthreadsWarning and the summary) (ini: lock_order_level)",
+    )
     for phase in PHASES:
         group.addoption(
             f"--deadlock-timeout-{phase}",
@@ -61,6 +68,7 @@ def add_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
             f"deadlock_timeout_{phase}", f"like --deadlock-timeout-{phase} (seconds)", default=None
         )
     parser.addini("lock_order_check", "like --lock-order-check", type="bool", default=False)
+    parser.addini("lock_order_level", "like --lock-order-level (warn or fail)", default=None)
 
 
 def configure(config: pytest.Config) -> None:
@@ -81,13 +89,15 @@ def configure(config: pytest.Config) -> None:
             deadlines[phase] = (value, f"{_OPTION_SOURCE}-{phase}")
     deadlock = any(value is not None for value, _ in deadlines.values())
     lock_order = _config.flag(config, "lock_order_check")
+    lock_order_level = _config.level(config, "lock_order_level")
     if not deadlock and not lock_order:
         # Off: only look, once at collection, for a deadlock_timeout marker.
         config.pluginmanager.register(
             _DeadlockMarkerProbe(config, deadlines), _DEADLOCK_PLUGIN_NAME
         )
         return
-    _start_deadlock_plugin(config, deadlines, deadlock=deadlock, lock_order=lock_order)
+    plugin = _start_deadlock_plugin(config, deadlines, deadlock=deadlock, lock_order=lock_order)
+    plugin.lock_order_level = lock_order_level
 
 
 def _start_deadlock_plugin(
@@ -115,6 +125,8 @@ def header(config: pytest.Config) -> list[str]:
                 on.append(shown)
     if plugin.checker is not None:
         on.append("--lock-order-check")
+        if plugin.lock_order_level == "warn":
+            on.append("--lock-order-level=warn")
     return on
 
 
@@ -142,6 +154,7 @@ class _DeadlockPlugin:
         self.checker = LockOrderChecker() if lock_order else None
         self._stderr_fd = -1
         self._failures: list[str] = []  # reports the default hook implementations took
+        self.lock_order_level = "fail"  # --lock-order-level
 
     def _new_detector(self, kill_grace: float) -> DeadlockDetector:
         # The process watchdog writes to the real stderr: a copy of it taken outside the
@@ -272,7 +285,13 @@ class _DeadlockPlugin:
     def pytest_netthreads_lock_order_report(
         self, item: pytest.Item | None, report: LockOrderReport
     ) -> object:
-        return self._default_report(item, report.text, "lock_order", first_line(report.text))
+        line = first_line(report.text)
+        if item is not None and self.lock_order_level == "warn":
+            record(item, "lock_order", WARNED + line)
+            item.add_report_section("call", "netthreads (warn level)", report.text)
+            warn(item, f"lock-order inversion (--lock-order-level=warn): {line}")
+            return True
+        return self._default_report(item, report.text, "lock_order", line)
 
     def _default_report(self, item: pytest.Item | None, text: str, kind: str, line: str) -> object:
         if item is None:
