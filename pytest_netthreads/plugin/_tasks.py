@@ -100,6 +100,7 @@ class _TaskLeakPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        _allowed(item)  # a bad pattern fails the setup, before the test runs
         owner = item.stash[_TASK_OWNER] = _TaskOwner(item.nodeid)
         self.checker.set_owner(owner)
 
