@@ -82,9 +82,7 @@ def test_running_loops_are_found_in_any_thread_with_their_tasks(
     lines = text.splitlines()
     assert lines[0] == "Event loops running (each task's await chain, most recent call last):"
     assert lines[1].startswith("--- event loop _UnixSelectorEventLoop (id 0x")
-    assert lines[1].endswith(
-        f"in thread 'loop-thread' (ident {thread.ident}): 2 pending task(s)"
-    )
+    assert lines[1].endswith(f"in thread 'loop-thread' (ident {thread.ident}): 2 pending task(s)")
     assert "  task 'reader' (coroutine _read_forever):" in lines
     # The chain goes down from the task's coroutine into the stream's own wait.
     reader = text[text.index("task 'reader'") :]
@@ -103,7 +101,7 @@ def test_an_abandoned_task_of_asyncio_run_is_a_leak_with_its_await_chain(
 ) -> None:
     async def main() -> None:
         reader, writer = await asyncio.open_connection(*silent_peer)
-        asyncio.create_task(_read_forever(reader), name="forgotten")  # never awaited
+        asyncio.create_task(_read_forever(reader), name="forgotten")  # noqa: RUF006 (the bug)
         await asyncio.sleep(0)
         writer.close()
 
@@ -132,7 +130,7 @@ def test_finished_cancelled_and_unowned_tasks_are_no_leak() -> None:
             await cancelled
 
     async def abandon() -> None:
-        asyncio.create_task(asyncio.sleep(3600))
+        asyncio.create_task(asyncio.sleep(3600))  # noqa: RUF006 (left pending on purpose)
         await asyncio.sleep(0)
 
     checker = TaskLeakChecker().start()
@@ -149,7 +147,7 @@ def test_finished_cancelled_and_unowned_tasks_are_no_leak() -> None:
 
 def test_a_loop_closed_by_hand_and_a_loop_left_open() -> None:
     async def start(name: str) -> None:
-        asyncio.create_task(asyncio.sleep(3600), name=name)
+        asyncio.create_task(asyncio.sleep(3600), name=name)  # noqa: RUF006 (on purpose)
 
     checker = TaskLeakChecker().start()
     closed = asyncio.new_event_loop()
