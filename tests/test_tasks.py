@@ -45,6 +45,7 @@ def _loop_in_thread(
         loops.append(loop)
         reader, writer = await asyncio.open_connection(*address)
         reader_task = asyncio.create_task(_read_forever(reader), name="reader")
+        await asyncio.sleep(0)  # the reader's first step: it waits for data
         stop.append(loop.create_future())
         ready.set()
         await stop[0]
@@ -92,7 +93,7 @@ def test_running_loops_are_found_in_any_thread_with_their_tasks(
     assert "awaiting <Future pending" in reader
     if sys.version_info >= (3, 14):
         # The call graph API names who awaits whom; the reader task is awaited by nobody.
-        main = text[text.index("(coroutine main)") : text.index("task 'reader'")]
+        main = text[text.index("<locals>.main)") : text.index("task 'reader'")]
         assert "awaited by" not in main
 
 
@@ -176,12 +177,12 @@ def test_a_loop_closed_by_hand_and_a_loop_left_open() -> None:
 
 
 def test_stop_restores_asyncio() -> None:
-    import asyncio.runners
+    import asyncio.tasks
 
     before = (
         asyncio.BaseEventLoop.__dict__["create_task"],
         asyncio.BaseEventLoop.__dict__["close"],
-        asyncio.runners._cancel_all_tasks,
+        asyncio.tasks.all_tasks,
     )
     checker = TaskLeakChecker().start()
     with pytest.raises(RuntimeError, match="already started"):
@@ -190,6 +191,6 @@ def test_stop_restores_asyncio() -> None:
     after = (
         asyncio.BaseEventLoop.__dict__["create_task"],
         asyncio.BaseEventLoop.__dict__["close"],
-        asyncio.runners._cancel_all_tasks,
+        asyncio.tasks.all_tasks,
     )
     assert after == before

@@ -12,10 +12,13 @@ innermost coroutine; on Python 3.14+ the tasks that await the task are named too
 
 **Task leaks** (:class:`TaskLeakChecker`): the tasks an owner (the plugin uses one per test)
 created that were still pending when their event loop began closing, or when the owner was
-checked. ``asyncio.run`` (and ``asyncio.Runner``, which pytest-asyncio and anyio use on 3.11+)
+checked. ``asyncio.run`` (and ``asyncio.Runner``, which pytest-asyncio and anyio use)
 cancels the tasks still pending when its main coroutine returns, so they never show up as
-pending afterwards: the checker notes them at that moment (it wraps
-``asyncio.runners._cancel_all_tasks``), with their await chain, and reports them as leaked.
+pending afterwards: the checker notes them at that moment, with their await chain, and
+reports them as leaked. Every runner (the standard library's and the copies that
+pytest-asyncio and anyio carry for Python 3.10) asks ``asyncio.tasks.all_tasks(loop)`` for
+the tasks of its stopped loop to cancel them: the checker wraps that function, and a call
+for a loop that is not running marks the loop's pending tasks.
 A loop closed by hand (``loop.close()``) with tasks still pending is noted the same way::
 
     from pytest_netthreads.detect.tasks import TaskLeakChecker
@@ -35,7 +38,7 @@ loop closes (done, cancelled, failed) are not leaks, whoever ends them. Loops th
 from __future__ import annotations
 
 import asyncio
-import asyncio.runners
+import asyncio.tasks
 import gc
 import sys
 import threading
@@ -326,7 +329,7 @@ class TaskLeakChecker:
     """Records the tasks each owner creates, and which of them were left pending.
 
     :meth:`start` patches ``asyncio.BaseEventLoop`` (``__init__``, ``create_task``,
-    ``close``) and ``asyncio.runners._cancel_all_tasks``; :meth:`stop` restores them. Nothing
+    ``close``) and ``asyncio.tasks.all_tasks``; :meth:`stop` restores them. Nothing
     is recorded while no owner is set (:meth:`set_owner`), so between tests each task costs
     one attribute read. As a context manager, it owns what is created inside the block
     (owner ``"the block"``) and raises :class:`TaskLeakError` at its end if a task leaked.
@@ -374,19 +377,18 @@ class TaskLeakChecker:
         self._patches.append(patch(base, "__init__", __init__, by=by))
         self._patches.append(patch(base, "create_task", patched_create_task, by=by))
         self._patches.append(patch(base, "close", patched_close, by=by))
-        cancel_all: Callable[[asyncio.AbstractEventLoop], None] | None = getattr(
-            asyncio.runners, "_cancel_all_tasks", None
-        )
-        if cancel_all is not None:  # 3.10-3.14; asyncio.run and asyncio.Runner call it
+        all_tasks = asyncio.tasks.all_tasks
 
-            def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
-                if checker._records:
-                    checker._seen_pending(loop, _CLOSING)
-                cancel_all(loop)
+        def patched_all_tasks(
+            loop: asyncio.AbstractEventLoop | None = None,
+        ) -> set[asyncio.Task[Any]]:
+            # Every Runner (asyncio's, and the copies pytest-asyncio and anyio use on 3.10)
+            # asks for the tasks of its stopped loop to cancel them: the loop begins closing.
+            if loop is not None and checker._records and not loop.is_running():
+                checker._seen_pending(loop, _CLOSING)
+            return all_tasks(loop)
 
-            self._patches.append(
-                patch(asyncio.runners, "_cancel_all_tasks", _cancel_all_tasks, by=by)
-            )
+        self._patches.append(patch(asyncio.tasks, "all_tasks", patched_all_tasks, by=by))
         return self
 
     def stop(self) -> None:
