@@ -264,3 +264,58 @@ def test_the_hang_report_shows_the_loops_and_await_chains(pytester: pytest.Pytes
             "      awaiting <Future pending*",
         ]
     )
+
+
+def test_loops_in_other_threads_and_wider_fixtures(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_threads="""
+        import asyncio
+        import threading
+
+        import pytest
+
+
+        async def leave_one(name):
+            asyncio.create_task(asyncio.sleep(3600), name=name)
+            await asyncio.sleep(0)
+
+
+        @pytest.fixture(scope="module")
+        def service_loop():
+            # A module's service: its loop and its tasks outlive each test on purpose.
+            loop = asyncio.new_event_loop()
+            started = threading.Event()
+            loop.call_soon(started.set)
+            thread = threading.Thread(target=loop.run_forever, name="service-loop")
+            thread.start()
+            assert started.wait(10)
+            asyncio.run_coroutine_threadsafe(leave_one("service-task"), loop).result(10)
+            yield loop
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+            loop.run_until_complete(asyncio.sleep(0))
+            loop.close()
+
+
+        def test_background_thread_leaks(service_loop):
+            thread = threading.Thread(
+                target=asyncio.run, args=(leave_one("bg-task"),), name="bg-loop"
+            )
+            thread.start()
+            thread.join(10)
+            assert not thread.is_alive()
+        """
+    )
+    result = _run(pytester, "--task-leak-check")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "1 asyncio task(s) created by test_threads.py::test_background_thread_leaks left "
+            "pending:",
+            "--- task 'bg-task' (coroutine sleep), pending when its event loop began closing "
+            "(asyncio.run cancels such tasks) in thread 'bg-loop'",
+        ]
+    )
+    assert "service-task" not in result.stdout.str()
