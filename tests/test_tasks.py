@@ -170,7 +170,7 @@ def test_a_loop_closed_by_hand_and_a_loop_left_open() -> None:
         kept.close()
     assert [(leak.description, leak.when, leak.thread) for leak in leaks] == [
         ("'closed-with-it' (coroutine sleep)", "when its event loop was closed", "MainThread"),
-        ("'still-pending' (coroutine sleep)", "when its creator was checked", None),
+        ("'still-pending' (coroutine sleep)", "when it was checked (at its test's teardown)", None),
     ]
     text = format_task_leaks("test", leaks)
     assert text.startswith("2 asyncio task(s) created by test left pending:\n")

@@ -322,7 +322,7 @@ def _runner_task(coro: object) -> bool:
 
 _CLOSING = "when its event loop began closing (asyncio.run cancels such tasks)"
 _CLOSED = "when its event loop was closed"
-_TEARDOWN = "when its creator was checked"
+_TEARDOWN = "when it was checked (at its test's teardown)"
 
 
 class TaskLeakChecker:
