@@ -10,6 +10,8 @@ runs in a fresh ``python -m pytest`` subprocess with:
 - no check (the baseline);
 - ``--thread-leak-check`` (this plugin);
 - ``--thread-leak-check --socket-leak-check``;
+- ``--task-leak-check`` (asyncio tasks; trivial tests create none, so this is the per-test
+  cost of the check itself);
 - ``--threadleak`` (pytest-threadleak, the anchor: it diffs ``threading.enumerate()``
   around each test's call phase), when it is installed.
 
@@ -66,6 +68,7 @@ def configs() -> dict[str, list[str]]:
         "no check": [],
         "--thread-leak-check": ["--thread-leak-check"],
         "--thread-leak-check --socket-leak-check": ["--thread-leak-check", "--socket-leak-check"],
+        "--task-leak-check": ["--task-leak-check"],
     }
     if importlib.util.find_spec("pytest_threadleak") is not None:
         found["pytest-threadleak --threadleak"] = ["--threadleak"]
@@ -87,7 +90,10 @@ def run(directory: str, args: list[str], expected: int) -> tuple[float, float]:
     out = os.path.join(directory, "time.txt")
     env = dict(os.environ, BENCH_THREADLEAK_OUT=out, PYTHONDONTWRITEBYTECODE="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, directory],
+        # Without pytest-asyncio and anyio (the test extra installs them; no test here is
+        # async): each run measures pytest and this plugin only, as before they were installed.
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:asyncio",
+         "-p", "no:anyio", *args, directory],
         capture_output=True,
         text=True,
         env=env,

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .detect.deadlock import DeadlockReport
     from .detect.lockorder import LockOrderReport
     from .detect.socketleak import LeakedSocket
+    from .detect.tasks import LeakedTask
     from .detect.threadleak import LeakedThread
     from .servers import ThreadedServer
 
@@ -85,6 +86,28 @@ def pytest_netthreads_socket_leaks(
     :class:`~pytest_netthreads.detect.socketleak.LeakedSocket` records. With
     ``--socket-leak-collected`` the list also holds the sockets garbage-collected while open
     (``leak.collected`` is true, ``leak.socket`` is ``None``).
+    """
+
+
+@hookspec(firstresult=True)
+def pytest_netthreads_task_leaks(
+    config: pytest.Config,
+    node: pytest.Item,
+    owner: str,
+    leaks: list[LeakedTask],
+) -> object | None:
+    """Called with the asyncio tasks a test left pending (``--task-leak-check``).
+
+    The same contract as :func:`pytest_netthreads_thread_leaks`, for
+    :class:`~pytest_netthreads.detect.tasks.LeakedTask` records: tasks the test created that
+    were still pending when their event loop began closing (``leak.when`` says when), or at
+    the test's teardown. The default implementation (``trylast``) fails the test at teardown.
+
+    Args:
+        config: the pytest config.
+        node: the test item.
+        owner: the test's node id.
+        leaks: the leaked tasks, oldest first.
     """
 
 

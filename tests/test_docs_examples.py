@@ -36,7 +36,7 @@ def examples(kind: str) -> list[tuple[str, str]]:
 
 def test_the_docs_have_examples() -> None:
     stems = {name.rsplit("-", 1)[0] for name, _ in examples("pytest") + examples("script")}
-    assert {"tls", "faults", "detectors-locks", "detectors-threads"} <= stems
+    assert {"tls", "faults", "detectors-locks", "detectors-threads", "detectors-asyncio"} <= stems
 
 
 def _params(kind: str) -> list[object]:

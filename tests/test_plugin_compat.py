@@ -159,7 +159,7 @@ def test_run_parallel_runs_socket_faults_tests_in_one_thread(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The suite's inner runs leave pytest-run-parallel out (conftest.py); this one needs it.
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest")
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:asyncio -p no:anyio")
     pytester.makeini("[pytest]\nthread_unsafe_fixtures =\n    my_global_state\n")
     pytester.makepyfile(
         """

@@ -31,8 +31,9 @@ def test_the_example_fault_applies_and_works_through_a_real_proxy(tmp_path: path
     assert applied.returncode == 0, applied.stderr
     shutil.copy(HERE / "adding_a_fault_tests.py", tmp_path / "test_inject.py")
     result = _run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-W", "error", "-q",
-         "--rootdir", str(tmp_path), "test_inject.py"],
+        # Without pytest-asyncio (it warns at start-up, an error under -W error) and anyio.
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:asyncio", "-p",
+         "no:anyio", "-W", "error", "-q", "--rootdir", str(tmp_path), "test_inject.py"],
         tmp_path,
         PYTHONPATH=str(tmp_path),  # the patched copy, ahead of the installed package
     )

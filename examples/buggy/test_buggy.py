@@ -163,3 +163,36 @@ def test_one_recv_per_message_is_caught_by_recv_chunks_and_slice(run_buggy):
         "E * assert 'VALUE ' == 'VALUE hello world'",
         "  #0 downstream @0: applied Slice(size=6, *",
     ])
+
+
+def test_forgotten_task_is_caught_by_the_task_leak_check(run_buggy):
+    result = run_buggy("forgotten_heartbeat.py", "--task-leak-check")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_ask_once*",
+        f"1 asyncio task(s) created by {BUGGY}forgotten_heartbeat.py::test_ask_once left "
+        "pending:",
+        "--- task 'heartbeat' (coroutine Client._heartbeat), pending when its event loop began "
+        "closing (asyncio.run cancels such tasks) in thread 'MainThread'",
+        "created at */forgotten_heartbeat.py:* in connect",
+        "await chain when it was seen pending (most recent call last):",
+        '  File "*/forgotten_heartbeat.py", line *, in _heartbeat',
+        "    await asyncio.sleep(30)",
+    ])
+
+
+def test_await_without_timeout_shows_its_await_chain_in_the_hang_report(run_buggy):
+    result = run_buggy("await_without_timeout.py", "--deadlock-timeout=2")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*_ test_a_silent_network_is_a_timeout _*",
+        f"Hang: {BUGGY}await_without_timeout.py::test_a_silent_network_is_a_timeout hung in "
+        "call: still running after 2s (--deadlock-timeout); no wait-for cycle among tracked "
+        "locks and joins.",
+        "Event loops running (each task's await chain, most recent call last):",
+        "--- event loop _UnixSelectorEventLoop (id 0x*) in thread 'MainThread' (ident *): "
+        "1 pending task(s)",
+        "  task 'Task-1' (coroutine get):",
+        '    File "*/await_without_timeout.py", line *, in get',
+        "      reply = await reader.readline()  # BUG: no timeout",
+    ])

@@ -44,6 +44,7 @@ from .._runtime.threads import is_internal, mark_internal
 from . import locks
 from .lastresort import ProcessWatchdog
 from .locks import TrackedLock, TrackedRLock, Wait
+from .tasks import format_running_loops
 
 __all__ = [
     "DeadlockDetector",
@@ -209,6 +210,14 @@ def _format_stacks(idents: list[int] | None = None) -> str:
         # Without the detectors' own frames at its top, nor the test runner's.
         parts.append(format_thread_stack(thread, skip_prefix=_DETECT_DIR, hide_runner=True))
     return "".join(parts)
+
+
+def _format_loops() -> str:
+    """The running event loops and their tasks' await chains (nothing when none runs)."""
+    try:
+        return format_running_loops()
+    except Exception as exc:  # the report must be made even if a loop cannot be read
+        return f"(the event loops could not be read: {exc!r})\n"
 
 
 _DETECT_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -563,7 +572,7 @@ class DeadlockDetector:
             f"Hang: {label or 'the test'}{where} still running after {timeout:g}s{why}; "
             "no wait-for cycle among tracked locks and joins.\n"
             "Wait-for state:\n" + format_wait_state(locks.waits()) + "Stacks of every thread "
-            "(most recent call last):\n" + _format_stacks()
+            "(most recent call last):\n" + _format_stacks() + _format_loops()
         )
         names = _thread_names()
         report = DeadlockReport("timeout", text, (names.get(test_ident, str(test_ident)),), label)
@@ -580,7 +589,7 @@ class DeadlockDetector:
         message = (
             f"\npytest-netthreads: {label or 'the test'} did not stop within "
             f"{self._kill_grace:g}s after it was interrupted; killing process {os.getpid()} "
-            "as the last resort. Stacks of every thread:\n" + _format_stacks()
+            "as the last resort. Stacks of every thread:\n" + _format_stacks() + _format_loops()
         )
         try:
             if self._before_kill is not None:

@@ -3,7 +3,7 @@
 The ``plugin`` package is the only part of pytest-netthreads that imports pytest; everything
 it wires up is usable without it. One module per feature: :mod:`._servers` (the server
 fixtures and their ownership), :mod:`._tls`, :mod:`._faults`, :mod:`._leaks`,
-:mod:`._deadlock`, :mod:`._summary` (one summary of the run), :mod:`._compat` (other
+:mod:`._deadlock`, :mod:`._tasks`, :mod:`._summary` (one summary of the run), :mod:`._compat` (other
 interpreters and plugins), :mod:`._config` (options and ini keys). This module holds the
 hooks pytest calls, each handing on to the features, and re-exports the fixtures.
 """
@@ -17,7 +17,7 @@ import pytest
 from .. import hookspecs
 from .._runtime.reactor import shutdown_reactor_if_idle
 from ..detect.findings import NetthreadsWarning
-from . import _compat, _deadlock, _faults, _leaks, _servers, _summary, _tls
+from . import _compat, _deadlock, _faults, _leaks, _servers, _summary, _tasks, _tls
 from ._faults import fault_network, fault_proxy, socket_faults
 from ._process import process_server
 from ._servers import echo_server, server_factory, tls_echo_server
@@ -30,7 +30,7 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("netthreads", "pytest-netthreads: servers, faults, detectors")
-    for feature in (_tls, _leaks, _faults, _deadlock):
+    for feature in (_tls, _leaks, _tasks, _faults, _deadlock):
         feature.add_options(parser, group)
 
 
@@ -40,6 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _summary.configure(config)
     _tls.configure(config)
     _leaks.configure(config)
+    _tasks.configure(config)
     _faults.configure(config)
     _deadlock.configure(config)
 
@@ -60,7 +61,7 @@ def pytest_keyboard_interrupt() -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    detectors = _leaks.header(config) + _deadlock.header(config)
+    detectors = _leaks.header(config) + _tasks.header(config) + _deadlock.header(config)
     return _compat.gil_header() + _compat.detectors_header(detectors)
 
 

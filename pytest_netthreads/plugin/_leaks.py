@@ -284,7 +284,7 @@ class _ThreadLeakPlugin:
         failed, self._failed = self._failed, []
         item.stash[_FAILED] = failed
         text = "\n\n".join(reports)
-        if in_flight is not None and _add_note(in_flight, text):
+        if in_flight is not None and add_note(in_flight, text):
             return  # the teardown's own error is kept; the leaks come after it
         pytest.fail(text, pytrace=False)
 
@@ -398,7 +398,7 @@ class _ThreadLeakPlugin:
         return report
 
 
-def _add_note(exc: BaseException, text: str) -> bool:
+def add_note(exc: BaseException, text: str) -> bool:
     """``exc.add_note(text)``; on Python 3.10 the ``__notes__`` list that pytest shows too."""
     if hasattr(exc, "add_note"):
         exc.add_note(text)

@@ -24,6 +24,7 @@ _SUMMARY_PLUGIN_NAME = "netthreads-summary"
 _SUMMARY_KINDS = {
     "thread_leak": "thread leaks",
     "socket_leak": "socket leaks",
+    "task_leak": "asyncio task leaks",
     "deadlock": "deadlocks (wait-for cycles)",
     "hang": "hangs (still running at the deadline)",
     "lock_order": "lock-order inversions (potential deadlocks)",
