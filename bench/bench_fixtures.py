@@ -1,4 +1,4 @@
-"""Per-test fixture and lock costs, the kinds interleaved in one file: ``python bench/bench_fixtures.py``.
+"""Per-test fixture and lock costs, interleaved in one file: ``python bench/bench_fixtures.py``.
 
 1. One generated test file with the kinds interleaved test by test: a trivial test, a
    function-scoped no-op fixture (pytest's own floor), a fresh ``echo_server``, a fresh
@@ -42,7 +42,7 @@ KINDS: dict[str, str] = {
     "httpserver": "httpserver",
 }
 
-CONFTEST = '''
+CONFTEST = """
 import json, os, time
 import pytest
 
@@ -71,9 +71,9 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session):
     with open(os.environ["BENCH_FIXTURES_OUT"], "w") as f:
         json.dump({"ns": _ns, "props": _props}, f)
-'''
+"""
 
-LOCK_TESTS = '''
+LOCK_TESTS = """
 def test_lock_single_{i}(record_property):
     lock = threading.Lock()
     start = time.perf_counter_ns()
@@ -92,7 +92,7 @@ def test_lock_nested_{i}(record_property):
             with b:
                 pass
     record_property("ns", (time.perf_counter_ns() - start) / {n})
-'''
+"""
 
 LOCK_MODES: dict[str, list[str]] = {
     "plain": [],
@@ -134,7 +134,8 @@ def _session(directory: Path, path: Path, extra: list[str]) -> dict[str, object]
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"{path.name} {extra} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        output = proc.stdout[-3000:] + proc.stderr[-3000:]
+        raise RuntimeError(f"{path.name} {extra} failed:\n{output}")
     data: dict[str, object] = json.loads(out.read_text())
     return data
 
@@ -143,8 +144,9 @@ def fixture_run(directory: Path, path: Path) -> dict[str, float]:
     """ms per test over the median trivial test, for each kind (and the trivial median)."""
     ns: dict[str, int] = _session(directory, path, [])["ns"]  # type: ignore[assignment]
     medians = {
-        kind: statistics.median(v for k, v in ns.items() if k.split("::")[1].rsplit("_", 1)[0]
-                                == f"test_{kind}")
+        kind: statistics.median(
+            v for k, v in ns.items() if k.split("::")[1].rsplit("_", 1)[0] == f"test_{kind}"
+        )
         for kind in KINDS
     }
     base = medians["trivial"]
@@ -187,26 +189,36 @@ def main() -> None:
             fixture_rows.append(row)
             locks = lock_run(directory, lock_suite)
             lock_rows.append(locks)
-            print(f"run {run + 1}: ms/test over the trivial test "
-                  f"(trivial itself {row['trivial (absolute)']:.3f} ms):", flush=True)
+            print(
+                f"run {run + 1}: ms/test over the trivial test "
+                f"(trivial itself {row['trivial (absolute)']:.3f} ms):",
+                flush=True,
+            )
             http = row["httpserver"]
             for kind in ("noop", "echo_server", "tls_echo_server", "httpserver"):
                 value = row[kind]
-                print(f"  {kind:17s} {value:7.3f} ms  {value / http:5.2f}x httpserver  "
-                      f"{value - row['noop']:+7.3f} ms vs no-op", flush=True)
+                print(
+                    f"  {kind:17s} {value:7.3f} ms  {value / http:5.2f}x httpserver  "
+                    f"{value - row['noop']:+7.3f} ms vs no-op",
+                    flush=True,
+                )
             plain = locks["plain"]
             for mode, shapes in locks.items():
-                print(f"  with lock: {mode:19s} single {shapes['single']:6.0f} ns "
-                      f"({shapes['single'] / plain['single']:4.2f}x)  nested "
-                      f"{shapes['nested']:6.0f} ns ({shapes['nested'] / plain['nested']:4.2f}x)",
-                      flush=True)
+                print(
+                    f"  with lock: {mode:19s} single {shapes['single']:6.0f} ns "
+                    f"({shapes['single'] / plain['single']:4.2f}x)  nested "
+                    f"{shapes['nested']:6.0f} ns ({shapes['nested'] / plain['nested']:4.2f}x)",
+                    flush=True,
+                )
     if runs > 1:
         print(f"over {runs} runs (min-max):")
         for kind in ("noop", "echo_server", "tls_echo_server", "httpserver"):
             values = [r[kind] for r in fixture_rows]
             ratios = [r[kind] / r["httpserver"] for r in fixture_rows]
-            print(f"  {kind:17s} {min(values):.3f}-{max(values):.3f} ms  "
-                  f"{min(ratios):.2f}-{max(ratios):.2f}x httpserver")
+            print(
+                f"  {kind:17s} {min(values):.3f}-{max(values):.3f} ms  "
+                f"{min(ratios):.2f}-{max(ratios):.2f}x httpserver"
+            )
         for mode in LOCK_MODES:
             for shape in ("single", "nested"):
                 ratios = [r[mode][shape] / r["plain"][shape] for r in lock_rows]
