@@ -72,8 +72,10 @@ def own(node: pytest.Item | pytest.Collector | None, server: ThreadedServer) -> 
         owned = node.stash[_OWNED_SERVERS] = []
     owned.append(server)
     hook = node.config.hook.pytest_netthreads_server_started
-    if hook.get_hookimpls():  # calling a hook nobody implements still costs a fresh server's
-        hook(config=node.config, server=server, item=node)  # worth of pytest bookkeeping
+    # Called only when implemented: even a call nobody answers costs pluggy half a dozen
+    # Python calls, on every fresh server.
+    if hook.get_hookimpls():
+        hook(config=node.config, server=server, item=node)
 
 
 def runtest_call(item: pytest.Item) -> Generator[None, object, object]:
