@@ -469,7 +469,7 @@ def test_a_handler_may_stop_its_own_server() -> None:
     assert srv.errors == []
 
 
-@pytest.mark.parametrize("concurrency", ["selector", "thread"])
+@pytest.mark.parametrize("concurrency", ["selector", "thread", "pool"])
 def test_a_stopped_server_is_freed_without_the_garbage_collector(concurrency: str) -> None:
     # Nothing of a stopped server refers back to it (its listener did, until it stopped):
     # reference counting frees it, and a suite of fresh servers leaves no garbage cycles.

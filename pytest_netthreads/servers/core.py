@@ -583,6 +583,9 @@ class ThreadedServer:
                     self._finish(record, "unserved")
                     unserved.append(record)
         stuck = [t for t in threads if t.is_alive() and t is not current]
+        if executor is not None and not stuck:
+            # Its workers are gone; its initializer (a method of this server) referred back.
+            self._executor = None
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()]
         self._remove_unix_path()
