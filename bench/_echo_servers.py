@@ -1,6 +1,7 @@
 """Run one echo server in this process until stdin closes: ``python _echo_servers.py KIND``.
 
-Prints the port on the first line. KIND: netthreads-selector, netthreads-thread,
+Prints the port on the first line; once stdin closes, the CPU seconds (every thread of the
+process) used since then on a second line. KIND: netthreads-selector, netthreads-thread,
 netthreads-pool, stdlib-threading, asyncio.
 """
 
@@ -10,10 +11,14 @@ import asyncio
 import socketserver
 import sys
 import threading
+import time
 
 
 def _wait_for_stdin_close() -> None:
+    """Called right after the port is printed: wait, then print the CPU time used since."""
+    start = time.process_time()
     sys.stdin.read()
+    print(time.process_time() - start, flush=True)
 
 
 def run_netthreads(concurrency: str) -> None:

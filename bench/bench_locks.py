@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -144,7 +145,10 @@ def main() -> None:
     parser.add_argument("--tests", type=int, default=3000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--n", type=int, default=200_000)
+    parser.add_argument("--quick", action="store_true", help="300 tests, 2 runs (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.tests, args.reps, args.n = 300, 2, 50_000
 
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     print(f"\n1. `with lock:` (min of {args.reps * 10} interleaved rounds of {args.n // 10})")
@@ -177,6 +181,18 @@ def main() -> None:
             value = pick(runs[key])
             cells.append(f"{value:>{width}.2f} {value / pick(base[key]):>6.3f}")
         print(f"{name:<24} " + " ".join(cells))
+
+    results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    os.makedirs(results, exist_ok=True)
+    with open(os.path.join(results, "locks.json"), "w") as f:
+        json.dump(
+            {
+                "with_lock_ns": {f"{mode} {shape}": ns for (mode, shape), ns in micro.items()},
+                "suites": suite,
+            },
+            f,
+            indent=2,
+        )
 
 
 if __name__ == "__main__":

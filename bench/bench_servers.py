@@ -82,20 +82,25 @@ SHAPES = [("bulk", "bytes_per_second"), ("rtt1", "round_trips_per_second"),
 
 
 def _with_server(kind: str, shape: str, seconds: float) -> dict[str, float]:
+    """The load generator's figures, plus ``server_cpu_s``: the server process's CPU seconds
+    (all its threads) while it served them."""
     server = subprocess.Popen(
         [PY, str(HERE / "_echo_servers.py"), kind],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     try:
-        assert server.stdout is not None
+        assert server.stdout is not None and server.stdin is not None
         port = int(server.stdout.readline())
         out = subprocess.run(
             [PY, str(HERE / "_loadgen.py"), shape, str(port), str(seconds)],
             capture_output=True, text=True, timeout=300, check=True,
         ).stdout
-        return json.loads(out)  # type: ignore[no-any-return]
+        result: dict[str, float] = json.loads(out)
+        server.stdin.close()
+        result["server_cpu_s"] = float(server.stdout.readline())
+        return result
     finally:
-        if server.stdin is not None:
+        if server.stdin is not None and not server.stdin.closed:
             server.stdin.close()
         try:
             server.wait(10)
@@ -104,28 +109,69 @@ def _with_server(kind: str, shape: str, seconds: float) -> dict[str, float]:
             server.wait(10)
 
 
-def throughput(seconds: float, repeats: int) -> list[dict[str, object]]:
+def throughput(
+    seconds: float, repeats: int, shapes: list[str] | None = None
+) -> list[dict[str, object]]:
+    """Each shape against each server, the servers interleaved round by round; the median of
+    ``repeats`` rounds, the ratio of the kit's selector echo (what ``echo_server`` is) to the
+    best of the stdlib and asyncio servers of each round, and for round trips the server's CPU
+    time per round trip (microseconds) or per GB echoed (milliseconds)."""
     rows = []
     for shape, key in SHAPES:
+        if shapes and shape not in shapes:
+            continue
+        runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in SERVERS}
+        ratios = []
+        for _ in range(repeats):
+            got = {kind: _with_server(kind, shape, seconds) for kind in SERVERS}
+            for kind in SERVERS:
+                runs[kind].append(got[kind])
+            if key != "served":
+                best = max(got["stdlib-threading"][key], got["asyncio"][key])
+                ratios.append(got["netthreads-selector"][key] / best)
         for kind in SERVERS:
-            values = [_with_server(kind, shape, seconds)[key] for _ in range(repeats)]
-            value = statistics.median(values)
-            rows.append({"shape": shape, "server": kind, key: value})
+            value = statistics.median(r[key] for r in runs[kind])
+            row: dict[str, object] = {"shape": shape, "server": kind, key: value}
             unit = "GB/s" if shape == "bulk" else ("round trips/s" if key != "served" else "served")
             shown = value / 1e9 if shape == "bulk" else value
-            print(f"  {shape:9s} {kind:22s} {shown:12.3f} {unit}", flush=True)
+            extra = ""
+            if key == "round_trips_per_second":
+                cpu_us = statistics.median(
+                    r["server_cpu_s"] / r["round_trips"] * 1e6 for r in runs[kind]
+                )
+                row["server_cpu_us_per_round_trip"] = cpu_us
+                extra = f"  server CPU {cpu_us:6.1f} us/round trip"
+            elif shape == "bulk":
+                cpu_ms = statistics.median(
+                    r["server_cpu_s"] / r["bytes"] * 1e12 for r in runs[kind]
+                )
+                row["server_cpu_ms_per_gb"] = cpu_ms
+                extra = f"  server CPU {cpu_ms:6.0f} ms/GB"
+            rows.append(row)
+            print(f"  {shape:9s} {kind:22s} {shown:12.3f} {unit}{extra}", flush=True)
+        if ratios:
+            rows.append({"shape": shape, "selector_vs_best_anchor": ratios})
+            shown_ratios = " ".join(f"{r:.2f}" for r in ratios)
+            print(f"  {shape:9s} selector / best of stdlib, asyncio: {shown_ratios}", flush=True)
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="shorter runs, fewer repeats")
+    parser.add_argument(
+        "--echo-only", action="store_true", help="only the echo throughput (no fixture suites)"
+    )
+    parser.add_argument("--shapes", nargs="*", help="echo shapes to run (bulk rtt1 rtt32 conn1000)")
     opts = parser.parse_args()
     repeats = 1 if opts.quick else 5
-    print("per-test fixture cost (suite minus trivial suite):", flush=True)
-    fixtures = fixture_costs(repeats, 0.3 if opts.quick else 1.0)
-    print("echo throughput (load generator in its own process):", flush=True)
-    echo = throughput(1.0 if opts.quick else 3.0, 1 if opts.quick else 3)
+    fixtures: list[dict[str, object]] = []
+    if not opts.echo_only:
+        print("per-test fixture cost (suite minus trivial suite):", flush=True)
+        fixtures = fixture_costs(repeats, 0.3 if opts.quick else 1.0)
+    print("echo throughput (load generator in its own process, every server in its own):",
+          flush=True)
+    echo = throughput(1.0 if opts.quick else 3.0, 1 if opts.quick else 3, opts.shapes)
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     report = {"fixtures": fixtures, "echo": echo}

@@ -21,6 +21,7 @@ Runs are interleaved and the median of ``--reps`` is taken: the machine is share
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import socket
@@ -211,7 +212,10 @@ def main() -> None:
     parser.add_argument("--tests", type=int, default=1000, help="tests in the large suites")
     parser.add_argument("--reps", type=int, default=3, help="runs of each suite (median)")
     parser.add_argument("--handshakes", type=int, default=300, help="TLS round trips timed")
+    parser.add_argument("--quick", action="store_true", help="200 tests, 1 run, 50 handshakes")
     args = parser.parse_args()
+    if args.quick:
+        args.tests, args.reps, args.handshakes = 200, 1, 50
     if args.tests < 10 or args.reps < 1 or args.handshakes < 1:
         parser.error("--tests must be >= 10, --reps and --handshakes >= 1")
 
@@ -222,7 +226,8 @@ def main() -> None:
     print("           teardown (one-offs excluded);  process: the whole process's wall time")
     print("           (interpreter start-up and every plugin's imports included) / tests")
     print(f"{'suite':<36}{'tests':>7}{'session':>9}{'CPU':>8}{'median':>8}{'process':>9}")
-    for name, n, wall_ms, cpu_ms, median_ms, process_ms in fixture_costs(args.tests, args.reps):
+    costs = fixture_costs(args.tests, args.reps)
+    for name, n, wall_ms, cpu_ms, median_ms, process_ms in costs:
         label = "trivial tests (absolute, no fixture)" if name == "trivial" else name
         print(f"{label:<36}{n:>7}{wall_ms:>9.3f}{cpu_ms:>8.3f}{median_ms:>8.3f}{process_ms:>9.3f}")
 
@@ -232,6 +237,10 @@ def main() -> None:
     print(f"\n{'operation':<48}{'median ms':>10}{'mean ms':>10}")
     for label, med, mean in rows:
         print(f"{label:<48}{med:>10.3f}{mean:>10.3f}")
+    results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    os.makedirs(results, exist_ok=True)
+    with open(os.path.join(results, "tls.json"), "w") as f:
+        json.dump({"fixtures_ms": costs, "operations_ms": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

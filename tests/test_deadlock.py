@@ -163,7 +163,9 @@ def test_a_condition_reacquire_can_be_part_of_a_cycle(detector: DeadlockDetector
     ] or [str(e) for e in errors] == [
         "aborted: this thread was in a wait-for cycle with 'notifier', 'waiter'"
     ]
+    assert detector.has_reports()
     reports = detector.take_reports()
+    assert not detector.has_reports()
     assert len(reports) == 1
     text = reports[0].text
     assert f"RLock created at {__file__}" in text  # the condition's own lock, at the user's line
@@ -195,6 +197,7 @@ def test_condition_and_queue_traffic_is_no_deadlock(detector: DeadlockDetector) 
     q.put(None)
     q.put(None)
     join_all(threads)
+    assert not detector.has_reports()
     assert detector.take_reports() == []
 
 

@@ -73,10 +73,13 @@ def test_a_three_class_cycle(checker: LockOrderChecker) -> None:
         with outer, inner:
             pass
     assert checker.take_reports() == []
+    assert not checker.has_reports()
     with c, a:
         pass
+    assert checker.has_reports()
     (report,) = checker.take_reports()
     assert len(report.edges) == 3
+    assert not checker.has_reports()
 
 
 def test_consistent_orders_reentry_and_try_acquire_are_not_reported(

@@ -213,3 +213,33 @@ def test_a_dead_loop_fails_its_servers_the_next_start_and_a_new_loop_serves(
     with ThreadedServer(handlers.echo) as fresh:
         assert _echoes(fresh.address)
     assert get_reactor() is not reactor
+
+
+def test_without_epoll_a_socket_registered_while_the_loop_waits_is_watched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # poll() watches only the descriptors it was called with: the loop, already waiting,
+    # must be woken for a registration to count (epoll sees it without a wake-up).
+    monkeypatch.delattr(reactor_module.select, "epoll")
+    reactor = Reactor()
+    ready = threading.Event()
+    target = SimpleNamespace(
+        closed=False, on_event=lambda mask: ready.set(), on_reactor_error=lambda exc: None
+    )
+    listener = socket.socket()
+    client: socket.socket | None = None
+    try:
+        reactor.start()  # the loop waits in poll() with only its wake-up socket
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        reactor.register(listener, reactor_module.EVENT_READ, target)
+        client = socket.create_connection(listener.getsockname(), timeout=10)
+        assert ready.wait(10), "the loop never saw the socket registered while it waited"
+    finally:
+        with reactor.lock:
+            reactor.unregister_locked(listener)
+        reactor.shutdown()
+        listener.close()
+        if client is not None:
+            client.close()

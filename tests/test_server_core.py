@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import socket
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -106,6 +108,12 @@ def test_handler_must_be_callable() -> None:
         ({"tls_handshake_timeout": 0}, ValueError, "tls_handshake_timeout must be a finite"),
         ({"tls_handshake_timeout": "5"}, TypeError, "tls_handshake_timeout must be a finite"),
         ({"tls_handshake_timeout": float("inf")}, ValueError, "tls_handshake_timeout must be"),
+        # floats skip some checks when in range: the edges of that range
+        ({"stop_timeout": -0.5}, ValueError, "stop_timeout must be a finite number"),
+        ({"tls_handshake_timeout": 0.0}, ValueError, "tls_handshake_timeout must be a finite"),
+        ({"tls_handshake_timeout": -1.0}, ValueError, "tls_handshake_timeout must be a finite"),
+        ({"tls_handshake_timeout": float("nan")}, ValueError, "tls_handshake_timeout must be"),
+        ({"ssl_context": object()}, TypeError, "ssl_context must be an ssl.SSLContext"),
         ({"backlog": 0}, ValueError, "backlog must be from 1 to"),
         ({"backlog": 2**40}, ValueError, "backlog must be from 1 to"),
         ({"backlog": 1.5}, TypeError, "backlog must be an int"),
@@ -460,3 +468,31 @@ def test_a_handler_may_stop_its_own_server() -> None:
     assert not srv.running
     srv.stop()  # the second stop, from the test, is a no-op
     assert srv.errors == []
+
+
+@pytest.mark.parametrize("concurrency", ["selector", "thread", "pool"])
+def test_a_stopped_server_is_freed_without_the_garbage_collector(concurrency: str) -> None:
+    # Nothing of a stopped server refers back to it (its listener did, until it stopped):
+    # reference counting frees it, and a suite of fresh servers leaves no garbage cycles.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        srv = ThreadedServer(
+            handlers.echo,
+            concurrency=concurrency,  # type: ignore[arg-type]
+        ).start()
+        with socket.create_connection(srv.address, timeout=10) as client:
+            client.sendall(b"ping")
+            assert recv_exactly(client, 4) == b"ping"
+        (record,) = srv.wait_for_connections(1, closed=True)
+        srv.stop()
+        for thread in threading.enumerate():  # the worker may still be on its way out
+            if thread.name == record.thread_name:
+                thread.join(10)
+                assert not thread.is_alive()
+        ref = weakref.ref(srv)
+        del srv
+        assert ref() is None
+    finally:
+        if gc_was_enabled:
+            gc.enable()

@@ -96,6 +96,10 @@ def _interest(events: int) -> int:
     return (_POLLIN if events & EVENT_READ else 0) | (_POLLOUT if events & EVENT_WRITE else 0)
 
 
+# _interest() of each combination of EVENT_READ and EVENT_WRITE, looked up on hot paths.
+_INTEREST = tuple(_interest(events) for events in range(4))
+
+
 class EventTarget(Protocol):
     """What the reactor calls when a registered socket is ready."""
 
@@ -134,6 +138,10 @@ class Reactor:
         self.lock = threading.Lock()
         self._poller: select.epoll | select.poll = (
             select.epoll() if hasattr(select, "epoll") else select.poll()
+        )
+        # Whether a registration must wake the loop for its wait to include the new socket.
+        self._wake_to_register = not (
+            hasattr(select, "epoll") and isinstance(self._poller, select.epoll)
         )
         self._targets: dict[int, EventTarget | None] = {}
         self._wake_r, self._wake_w = socket.socketpair()
@@ -210,19 +218,28 @@ class Reactor:
         return len(self._targets) - 1
 
     def register(self, sock: socket.socket, events: int, target: EventTarget) -> None:
+        """Register ``sock``, starting the loop if needed (see :meth:`register_locked`)."""
         with self.lock:
-            self._ensure_started()
+            if self._thread is None or self.death is not None or self._stopping:
+                self._ensure_started()
             self.register_locked(sock, events, target)
 
     def register_locked(self, sock: socket.socket, events: int, target: EventTarget) -> None:
-        """Register with the lock already held (from inside a callback, for instance)."""
+        """Register with the lock already held (from inside a callback, for instance).
+
+        An epoll wait in progress sees the new socket: the loop is not woken. ``poll()``
+        watches only the descriptors it was called with, so there the loop is woken (unless
+        this is the loop thread, which polls again after its callbacks).
+        """
         fd = sock.fileno()
-        self._poller.register(fd, _interest(events))
+        self._poller.register(fd, _INTEREST[events & 3])
         self._targets[fd] = target
+        if self._wake_to_register and not self.in_loop_thread():
+            self.wake()
 
     def modify_locked(self, sock: socket.socket, events: int, target: EventTarget) -> None:
         fd = sock.fileno()
-        self._poller.modify(fd, _interest(events))
+        self._poller.modify(fd, _INTEREST[events & 3])
         self._targets[fd] = target
 
     def unregister_locked(self, sock: socket.socket) -> None:
@@ -379,6 +396,8 @@ class Reactor:
                         target.on_event(ready)
                     except BaseException as exc:  # handed to the owning server, never lost
                         self._contain(fd, target, exc)
+                # Not kept until the next event: a stopped server is freed when it stops.
+                target = None
                 if self._timers:
                     self._run_timers()
                     timeout = self._poll_timeout()

@@ -456,6 +456,10 @@ class DeadlockDetector:
         """Whether a thread is being watched (between :meth:`arm` and :meth:`disarm`)."""
         return self._test_ident is not None
 
+    def has_reports(self) -> bool:
+        """Whether :meth:`take_reports` would return any (a cheap check, no lock taken)."""
+        return bool(self._reports)
+
     def take_reports(self) -> list[DeadlockReport]:
         """The reports since the last call (oldest first)."""
         with self._state_lock:

@@ -212,6 +212,10 @@ class LockOrderChecker:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def has_reports(self) -> bool:
+        """Whether :meth:`take_reports` would return any (a cheap check, no lock taken)."""
+        return bool(self._reports)
+
     def take_reports(self) -> list[LockOrderReport]:
         """The reports since the last call (oldest first)."""
         with self._lock:

@@ -238,6 +238,13 @@ class _DeadlockPlugin:
 
     def _collect(self, item: pytest.Item | None) -> str | None:
         """Hand the pending reports to the hooks; the failure message, if any is left."""
+        detector, checker = self.detector, self.checker
+        if not (
+            self._failures
+            or (detector is not None and detector.has_reports())
+            or (checker is not None and checker.has_reports())
+        ):
+            return None  # after every phase of every test: nothing found, nothing to do
         hook = self.config.hook
         failures: list[str] = []
         reports: list[tuple[Any, Any]] = []

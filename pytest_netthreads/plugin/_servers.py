@@ -71,9 +71,11 @@ def own(node: pytest.Item | pytest.Collector | None, server: ThreadedServer) -> 
     if owned is None:
         owned = node.stash[_OWNED_SERVERS] = []
     owned.append(server)
-    node.config.hook.pytest_netthreads_server_started(
-        config=node.config, server=server, item=node
-    )
+    hook = node.config.hook.pytest_netthreads_server_started
+    # Called only when implemented: even a call nobody answers costs pluggy half a dozen
+    # Python calls, on every fresh server.
+    if hook.get_hookimpls():
+        hook(config=node.config, server=server, item=node)
 
 
 def runtest_call(item: pytest.Item) -> Generator[None, object, object]:
@@ -82,9 +84,11 @@ def runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     finally:
         owned = item.stash.get(_OWNED_SERVERS, None)
         if owned:
-            with server_errors_fail():
+            try:
                 for server in owned:
                     server.check()
+            except ServerError as exc:
+                _fail_with(exc)
 
 
 @contextlib.contextmanager
@@ -94,10 +98,16 @@ def server_errors_fail() -> Iterator[None]:
     try:
         yield
     except ServerError as exc:
-        if _interrupted:
-            print_after_interrupt(exc)
-            return
-        raise pytest.fail.Exception(f"{type(exc).__name__}: {exc}", pytrace=False) from None
+        _fail_with(exc)
+
+
+def _fail_with(exc: ServerError) -> None:
+    """What :func:`server_errors_fail` does with ``exc`` (called in its ``except`` clause;
+    the per-test fixtures call it directly, a context manager costing more than the rest)."""
+    if _interrupted:
+        print_after_interrupt(exc)
+        return
+    raise pytest.fail.Exception(f"{type(exc).__name__}: {exc}", pytrace=False) from None
 
 
 @pytest.fixture
@@ -109,8 +119,10 @@ def echo_server() -> Iterator[ThreadedServer]:
     server = ThreadedServer(handlers.echo, concurrency="selector").start()
     own(None, server)
     yield server
-    with server_errors_fail():
+    try:
         server.stop()
+    except ServerError as exc:
+        _fail_with(exc)
 
 
 @pytest.fixture
@@ -143,5 +155,7 @@ def tls_echo_server() -> Iterator[ThreadedServer]:
     server.start()
     own(item, server)
     yield server
-    with server_errors_fail():
+    try:
         server.stop()
+    except ServerError as exc:
+        _fail_with(exc)

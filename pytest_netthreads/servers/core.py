@@ -60,6 +60,9 @@ if TYPE_CHECKING:
 Concurrency = Literal["thread", "pool", "selector"]
 _CONCURRENCY = ("thread", "pool", "selector")
 _MAX_BACKLOG = 2**31 - 1  # listen() takes a C int; the kernel caps it at somaxconn anyway
+_FLOAT_MAX = sys.float_info.max
+# Linux creates the socket non-blocking (one system call fewer than setblocking(False)).
+_NONBLOCKING_STREAM = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
 
 _DISCONNECTS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
@@ -138,20 +141,29 @@ def native_of(handler: object) -> type[NativeConnection] | None:
 
 
 class _Listener:
-    """The reactor's view of a server's listening socket."""
+    """The reactor's view of a server's listening socket.
+
+    ``server`` is cleared once the server stopped (the socket unregistered, every timer
+    cancelled): a stopped server is then freed by reference counting, not by the garbage
+    collector, which the server and its listener referring to each other would need.
+    """
 
     closed = False
 
     def __init__(self, server: ThreadedServer) -> None:
-        self.server = server
+        self.server: ThreadedServer | None = server
 
     def on_event(self, mask: int) -> None:
-        self.server._accept_ready()
+        server = self.server
+        if server is not None:
+            server._accept_ready()
 
     def on_reactor_error(self, exc: BaseException) -> None:
         # The reactor has unregistered the socket: record, then listen again after a pause
         # (unless the loop itself died: its error is the server's last).
         server = self.server
+        if server is None:  # stopped: nothing is registered or scheduled any more
+            return
         server._record_error(None, exc)
         if not isinstance(exc, ReactorDied):
             server._pause_accepting(None)
@@ -228,10 +240,11 @@ class ThreadedServer:
             raise TypeError(
                 f"handler must be a callable taking the connection socket, got {handler!r}"
             )
-        if isinstance(port, bool) or not isinstance(port, int):
-            raise TypeError(f"port must be an int from 0 to 65535, got {port!r}")
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port must be from 0 to 65535, got {port}")
+        if type(port) is not int or not 0 <= port <= 65535:  # fast path: a plain int in range
+            if isinstance(port, bool) or not isinstance(port, int):
+                raise TypeError(f"port must be an int from 0 to 65535, got {port!r}")
+            if not 0 <= port <= 65535:
+                raise ValueError(f"port must be from 0 to 65535, got {port}")
         if concurrency not in _CONCURRENCY:
             raise ValueError(f"concurrency must be one of {_CONCURRENCY}, got {concurrency!r}")
         if concurrency == "selector" and native_of(handler) is None:
@@ -251,22 +264,31 @@ class ThreadedServer:
                 raise TypeError(f"max_workers must be a positive int, got {max_workers!r}")
             if max_workers < 1:
                 raise ValueError(f"max_workers must be at least 1, got {max_workers}")
-        if isinstance(backlog, bool) or not isinstance(backlog, int):
-            raise TypeError(f"backlog must be an int from 1 to {_MAX_BACKLOG}, got {backlog!r}")
-        if not 1 <= backlog <= _MAX_BACKLOG:
-            raise ValueError(f"backlog must be from 1 to {_MAX_BACKLOG}, got {backlog}")
-        stop_timeout = _values.seconds(stop_timeout, "stop_timeout")
-        tls_handshake_timeout = _values.seconds(
-            tls_handshake_timeout, "tls_handshake_timeout", positive=True
-        )
-        if not isinstance(ignore_disconnects, bool):
+        if type(backlog) is not int or not 1 <= backlog <= _MAX_BACKLOG:
+            if isinstance(backlog, bool) or not isinstance(backlog, int):
+                raise TypeError(
+                    f"backlog must be an int from 1 to {_MAX_BACKLOG}, got {backlog!r}"
+                )
+            if not 1 <= backlog <= _MAX_BACKLOG:
+                raise ValueError(f"backlog must be from 1 to {_MAX_BACKLOG}, got {backlog}")
+        # Fast paths: a finite float in range (what the defaults are) needs no more checks;
+        # anything else (an int, NaN, an infinity, a wrong type) gets the full ones.
+        if type(stop_timeout) is not float or not 0.0 <= stop_timeout <= _FLOAT_MAX:
+            stop_timeout = _values.seconds(stop_timeout, "stop_timeout")
+        if type(tls_handshake_timeout) is not float or not (
+            0.0 < tls_handshake_timeout <= _FLOAT_MAX
+        ):
+            tls_handshake_timeout = _values.seconds(
+                tls_handshake_timeout, "tls_handshake_timeout", positive=True
+            )
+        if ignore_disconnects is not True and ignore_disconnects is not False:
             raise TypeError(f"ignore_disconnects must be a bool, got {ignore_disconnects!r}")
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty str or None, got {name!r}")
         if ssl_context is not None:
-            import ssl as _ssl
-
-            if not isinstance(ssl_context, _ssl.SSLContext):
+            # The ssl module is loaded if the caller has an SSLContext; not imported otherwise.
+            _ssl = sys.modules.get("ssl")
+            if _ssl is None or not isinstance(ssl_context, _ssl.SSLContext):
                 raise TypeError(f"ssl_context must be an ssl.SSLContext, got {ssl_context!r}")
 
         self.handler = handler
@@ -288,6 +310,8 @@ class ThreadedServer:
             else:
                 raise TypeError(f"unix must be True or a socket path, got {unix!r}")
             self._bind_host = ""
+        elif host == "127.0.0.1":  # the default: no look-up
+            self._family, self._bind_host = socket.AF_INET, host
         else:
             self._family, self._bind_host = resolve_host(host, port)
         self._bind_port = port
@@ -360,7 +384,7 @@ class ThreadedServer:
             self._state = "starting"
         try:
             self._reactor = acquire_reactor()
-            sock = socket.socket(self._family, socket.SOCK_STREAM)
+            sock = socket.socket(self._family, _NONBLOCKING_STREAM)
         except BaseException:
             self._state = "stopped"
             raise
@@ -391,7 +415,8 @@ class ThreadedServer:
                     ) from None
                 raise OSError(exc.errno, f"cannot listen on {what}: {exc.strerror}") from None
             sock.listen(self.backlog)
-            sock.setblocking(False)
+            if _NONBLOCKING_STREAM == socket.SOCK_STREAM:  # no SOCK_NONBLOCK here
+                sock.setblocking(False)
             if self._family == socket.AF_UNIX:
                 self._address = self._unix_path or ""
             else:
@@ -485,8 +510,9 @@ class ThreadedServer:
         deadline = self._stop_deadline
         reactor = self._reactor
         sock = self._sock
+        listener = self._listener
         with reactor.lock:
-            self._listener.closed = True
+            listener.closed = True
             backoff = self._backoff
             if backoff is not None:
                 backoff.cancel()
@@ -497,16 +523,25 @@ class ThreadedServer:
                     self._accept_ready(draining=True)
                 reactor.unregister_locked(sock)
                 sock.close()
-            # Unregistered under the reactor's lock: no connection can be accepted now.
+            # Unregistered under the reactor's lock: no connection can be accepted now, and
+            # the listener is called no more.
+            listener.server = None
             with self._lock:
-                idle = not (self._live or self._threads or self._pool_threads)
-                natives = [c for c, _ in self._live.values() if isinstance(c, NativeConnection)]
+                entries = self._live
+                idle = not (entries or self._threads or self._pool_threads)
+                natives = (
+                    [c for c, _ in entries.values() if isinstance(c, NativeConnection)]
+                    if entries
+                    else ()
+                )
             for native in natives:
                 native.close("server-stop")
         if idle and self._executor is None:
             # Nothing to shut down or join (the common case of a fixture server).
-            self._remove_unix_path()
-            self._raise_errors()
+            if self._unix_path is not None or self._unix_tmpdir is not None:
+                self._remove_unix_path()
+            if self._errors or self._backoff is not None:
+                self._raise_errors()
             return
         with self._lock:
             live = [(record, list(entry)) for record, entry in self._live.items()]
@@ -548,6 +583,9 @@ class ThreadedServer:
                     self._finish(record, "unserved")
                     unserved.append(record)
         stuck = [t for t in threads if t.is_alive() and t is not current]
+        if executor is not None and not stuck:
+            # Its workers are gone; its initializer (a method of this server) referred back.
+            self._executor = None
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()]
         self._remove_unix_path()
@@ -560,7 +598,10 @@ class ThreadedServer:
 
     def check(self) -> None:
         """Raise :class:`HandlerError` now for handler errors not raised before."""
-        self._raise_errors()
+        # Without the lock first (called after every test that owns a server): an error
+        # recorded while this runs is one that came just after the check.
+        if len(self._errors) != self._reported or self._backoff is not None:
+            self._raise_errors()
 
     def _raise_errors(self, extra: str = "") -> None:
         with self._lock:
