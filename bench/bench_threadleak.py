@@ -67,6 +67,8 @@ def configs() -> dict[str, list[str]]:
     found = {
         "no check": [],
         "--thread-leak-check": ["--thread-leak-check"],
+        "--socket-leak-check": ["--socket-leak-check"],
+        "--socket-leak-collected": ["--socket-leak-collected"],
         "--thread-leak-check --socket-leak-check": ["--thread-leak-check", "--socket-leak-check"],
         "--task-leak-check": ["--task-leak-check"],
     }

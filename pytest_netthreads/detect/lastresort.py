@@ -103,6 +103,8 @@ class ProcessWatchdog:
         self._process: subprocess.Popen[bytes] | None = None
         self._registered = False
         self._seq = 0
+        self._label: str | bool | None = False  # the label on the page (False: none yet)
+        self._label_size = 0
         self._child = False  # this is a forked child of the process that made it
         _WATCHDOGS.add(self)
 
@@ -116,22 +118,27 @@ class ProcessWatchdog:
         disarmed before). Starts the helper process on first use."""
         if label is not None and not isinstance(label, str):
             raise TypeError(f"label must be a str or None, got {label!r}")
-        seconds = _positive_seconds(seconds, "seconds")
+        if type(seconds) is not float or not 0.0 < seconds <= values.MAX_TIMEOUT:
+            seconds = _positive_seconds(seconds, "seconds")  # raises for NaN too
         with self._lock:
             if self._child:
                 return  # a forked child: the helper watches the parent only
             if self._process is None:
                 self._start()
+            flags = _FLAG_C_STACK if self._c_stack and faulthandler.is_enabled() else 0
+            if label == self._label:  # the next phase of the same test: the label stays
+                self._write_header(monotonic() + seconds, flags)
+                return
             data = (label or "").encode("utf-8", "replace")
             if len(data) > _MAX_LABEL:
                 data = data[: _MAX_LABEL - 3] + b"..."
-            flags = _FLAG_C_STACK if self._c_stack and faulthandler.is_enabled() else 0
+            self._label = label
             self._write(monotonic() + seconds, data, flags)
 
     def disarm(self) -> None:
         with self._lock:
             if self._page is not None and not self._child:
-                self._write(0.0, b"", 0)
+                self._write_header(0.0, 0)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the helper (waiting up to ``timeout`` seconds, then killing it)."""
@@ -196,6 +203,7 @@ class ProcessWatchdog:
         self._fd = fd
         self._page = page
         self._process = process
+        self._label = False  # a new page: no label on it yet
         # Only when the signal is free: a handler someone installed stays theirs (the
         # helper then ends the process with SIGKILL, without stacks).
         if signal.getsignal(self._signum) in (signal.SIG_DFL, None):
@@ -209,7 +217,16 @@ class ProcessWatchdog:
         _HEADER.pack_into(page, 0, self._seq, 0.0, 0, 0)
         page[_HEADER.size : _HEADER.size + len(label)] = label
         self._seq += 1
-        _HEADER.pack_into(page, 0, self._seq, deadline, len(label), flags)
+        self._label_size = len(label)
+        _HEADER.pack_into(page, 0, self._seq, deadline, self._label_size, flags)
+
+    def _write_header(self, deadline: float, flags: int) -> None:
+        """A new deadline with the label in place: one write of the header. A reader that
+        sees it half-written sees a (sequence, deadline) pair that does not last until its
+        next poll, and fires only on one that does."""
+        assert self._page is not None
+        self._seq += 2
+        _HEADER.pack_into(self._page, 0, self._seq, deadline, self._label_size, flags)
 
     def _forget_in_child(self) -> None:
         # The page is shared with the parent: never write to it from here.

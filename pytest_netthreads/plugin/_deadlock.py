@@ -261,24 +261,6 @@ class _DeadlockPlugin:
         failures, self._failures = self._failures, []
         return "\n".join(failures) if failures else None
 
-    def _phase(self, item: pytest.Item) -> Generator[None, object, object]:
-        try:
-            result = yield
-        except BaseException as exc:
-            failure = self._collect(item)
-            if failure is None:
-                raise
-            if not isinstance(exc, (DeadlockError, HangError)):
-                # e.g. the aborted threads' exceptions turned into errors by -W error
-                first = (str(exc).splitlines() or [""])[0]
-                failure += f"\n(the phase also raised {type(exc).__name__}: {first})"
-            # Our report replaces the interrupt (which only repeats it).
-            raise pytest.fail.Exception(failure, pytrace=False) from None
-        failure = self._collect(item)
-        if failure is not None:
-            pytest.fail(failure, pytrace=False)
-        return result
-
     # The default implementations (trylast): the report fails the phase, after every hook
     # had its say (as the leak checks' defaults do).
     @pytest.hookimpl(trylast=True)
@@ -308,18 +290,31 @@ class _DeadlockPlugin:
             self._failures.append(text)
         return True
 
-    def _arm(self, item: pytest.Item, phase: str) -> None:
-        """Watch ``phase`` of ``item`` with its own deadline (teardown too, whatever the call
-        did: a teardown that hangs after a failed or hung call is still caught)."""
-        if self.detector is None or self._debugging:
-            return
-        timeout, source = item.stash.get(_DEADLINES, self.deadlines)[phase]
-        self.detector.arm(item.nodeid, timeout, source=source, phase=phase)
-
     def _watched(self, item: pytest.Item, phase: str) -> Generator[None, object, object]:
-        self._arm(item, phase)
+        """Watch ``phase`` of ``item`` with its own deadline (teardown too, whatever the call
+        did: a teardown that hangs after a failed or hung call is still caught); then hand
+        what was found to the hooks and fail the phase with it. Our report replaces the
+        interrupt (which only repeats it); an exception of another kind (e.g. the aborted
+        threads' errors turned into errors by -W error) is named in it."""
+        detector = self.detector
+        if detector is not None and not self._debugging:
+            timeout, source = item.stash.get(_DEADLINES, self.deadlines)[phase]
+            detector.arm(item.nodeid, timeout, source=source, phase=phase)
         try:
-            return (yield from self._phase(item))
+            try:
+                result = yield
+            except BaseException as exc:
+                failure = self._collect(item)
+                if failure is None:
+                    raise
+                if not isinstance(exc, (DeadlockError, HangError)):
+                    first = (str(exc).splitlines() or [""])[0]
+                    failure += f"\n(the phase also raised {type(exc).__name__}: {first})"
+                raise pytest.fail.Exception(failure, pytrace=False) from None
+            failure = self._collect(item)
+            if failure is not None:
+                pytest.fail(failure, pytrace=False)
+            return result
         finally:
             if self.detector is not None:
                 self.detector.disarm()
