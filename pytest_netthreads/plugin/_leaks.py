@@ -175,11 +175,13 @@ class _LeakOwner:
         return self.label
 
 
-def _allowed(
+def allowed_patterns(
     node: pytest.Item | pytest.Collector | None, marker_name: str
 ) -> list[re.Pattern[str]] | None:
-    """The patterns the ``allow_thread_leak`` (or ``allow_socket_leak``) markers on ``node``
-    allow; ``None``: everything (a marker without patterns)."""
+    """The patterns the ``marker_name`` markers on ``node`` (``allow_thread_leak``,
+    ``allow_socket_leak``, ``allow_task_leak``) allow; ``None``: everything (a marker without
+    patterns). A pattern that is not a str or not a valid regex is a usage error naming the
+    marker and the test."""
     if node is None:
         return []
     patterns: list[str] = []
@@ -295,10 +297,10 @@ class _ThreadLeakPlugin:
             return
         # With --socket-leak-check alone every thread is allowed, but still joined (up to
         # the grace) when a socket is open: an exiting thread may be what closes it.
-        allow = _allowed(owner.node, "allow_thread_leak") if self.threads else None
+        allow = allowed_patterns(owner.node, "allow_thread_leak") if self.threads else None
         threads, sockets = self.checker.check_all(owner, allow=allow)
         if sockets:
-            allowed = _allowed(owner.node, "allow_socket_leak")
+            allowed = allowed_patterns(owner.node, "allow_socket_leak")
             patterns = None if allowed is None else [*self.ignore_sockets, *allowed]
             sockets = [
                 leak

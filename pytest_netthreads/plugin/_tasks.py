@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Generator
 from typing import TYPE_CHECKING
 
@@ -10,7 +9,7 @@ import pytest
 
 from ..detect.tasks import TaskLeakChecker, format_task_leaks
 from . import _config
-from ._leaks import add_note
+from ._leaks import add_note, allowed_patterns
 from ._summary import WARNED, record, warn
 
 if TYPE_CHECKING:
@@ -82,27 +81,6 @@ def task_line(leak: LeakedTask) -> str:
     return f"{leak.description}, created at {leak.created_at}"
 
 
-def _allowed(item: pytest.Item) -> list[re.Pattern[str]] | None:
-    """The patterns of the ``allow_task_leak`` markers; ``None``: every task is allowed."""
-    patterns: list[re.Pattern[str]] = []
-    for marker in item.iter_markers("allow_task_leak"):
-        if not marker.args:
-            return None
-        for pattern in marker.args:
-            if not isinstance(pattern, str):
-                raise pytest.UsageError(
-                    f"@pytest.mark.allow_task_leak on {item.nodeid}: patterns must be str "
-                    f"(regexes), got {pattern!r}"
-                )
-            try:
-                patterns.append(re.compile(pattern))
-            except re.error as exc:
-                raise pytest.UsageError(
-                    f"@pytest.mark.allow_task_leak on {item.nodeid}: bad regex {pattern!r}: {exc}"
-                ) from None
-    return patterns
-
-
 class _TaskLeakPlugin:
     """The hooks of ``--task-leak-check`` (registered only when it is on)."""
 
@@ -114,7 +92,7 @@ class _TaskLeakPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        _allowed(item)  # a bad pattern fails the setup, before the test runs
+        allowed_patterns(item, "allow_task_leak")  # a bad pattern fails the setup
         owner = item.stash[_TASK_OWNER] = _TaskOwner(item.nodeid)
         self.checker.set_owner(owner)
 
@@ -160,7 +138,7 @@ class _TaskLeakPlugin:
         # A function of its own: the leaked tasks are referenced by nothing once it returns.
         if not self.checker.has_records(owner):
             return
-        patterns = _allowed(item)
+        patterns = allowed_patterns(item, "allow_task_leak")
         if patterns is None:
             self.checker.check(owner)
             return
