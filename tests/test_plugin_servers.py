@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import signal
 import subprocess
 import sys
@@ -149,8 +150,20 @@ def test_ctrl_c_with_a_handler_that_ignores_stop_exits_as_interrupted(
             client.recv(1)
         """
     )
+    pytester.makeconftest(
+        """
+        import faulthandler, signal, sys
+        faulthandler.register(signal.SIGUSR1, all_threads=True, file=sys.__stderr__)
+        """
+    )
+    # A shell's background job (`cmd &`, nohup) starts with SIGINT ignored, and a child
+    # inherits that: Python then never installs its handler. Take SIGINT back first.
+    main = (
+        "import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.exit(pytest.console_main())"
+    )
     proc = pytester.popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
+        [sys.executable, "-c", main, "-p", "no:cacheprovider"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
     )
     try:
@@ -158,8 +171,24 @@ def test_ctrl_c_with_a_handler_that_ignores_stop_exits_as_interrupted(
         while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert ready.exists()
+        signals = " ".join(  # for the failure message: how the child takes SIGINT
+            line.replace("\t", " ")
+            for who in (proc.pid, "self")
+            for line in pathlib.Path(f"/proc/{who}/status").read_text().splitlines()
+            if line.startswith(("SigBlk", "SigIgn", "SigCgt"))
+        )
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # say where it is stuck (the conftest's dump)
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(
+                f"still running 60 s after SIGINT ({signals}; then self):\n"
+                f"{out.decode()}\n{err.decode()}"
+            )
     finally:
         if proc.poll() is None:
             proc.kill()
