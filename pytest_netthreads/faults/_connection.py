@@ -704,6 +704,11 @@ class Connection:
             return
         self.state = "closed"
         proxy = self.proxy
+        # The record first: a client that sees the close (EOF, a reset) and then reads
+        # proxy.connections finds it closed.
+        with proxy._lock:
+            self.record.how_closed = how
+            self.record.closed_at = time.time()
         for pipe in (self.up, self.down):
             for item in pipe.pending:
                 if isinstance(item, HeldMessage) and item.state == "held":
@@ -724,8 +729,6 @@ class Connection:
             sock.close()
         proxy._live.pop(self.index, None)
         with proxy._lock:
-            self.record.how_closed = how
-            self.record.closed_at = time.time()
             proxy._changed.notify_all()
 
 
