@@ -405,10 +405,8 @@ class DeadlockDetector:
         """
         if label is not None and not isinstance(label, str):
             raise TypeError(f"label must be a str or None, got {label!r}")
-        if timeout is not None and (
-            type(timeout) is not float or not 0.0 <= timeout <= values.MAX_TIMEOUT
-        ):
-            timeout = _seconds(timeout, "timeout", zero=True)  # raises for NaN too
+        if timeout is not None:
+            timeout = _seconds(timeout, "timeout", zero=True)
         if ident is not None and (isinstance(ident, bool) or not isinstance(ident, int)):
             raise TypeError(f"ident must be a thread ident (int) or None, got {ident!r}")
         if source is not None and not isinstance(source, str):

@@ -118,8 +118,7 @@ class ProcessWatchdog:
         disarmed before). Starts the helper process on first use."""
         if label is not None and not isinstance(label, str):
             raise TypeError(f"label must be a str or None, got {label!r}")
-        if type(seconds) is not float or not 0.0 < seconds <= values.MAX_TIMEOUT:
-            seconds = _positive_seconds(seconds, "seconds")  # raises for NaN too
+        seconds = _positive_seconds(seconds, "seconds")
         with self._lock:
             if self._child:
                 return  # a forked child: the helper watches the parent only

@@ -60,8 +60,6 @@ if TYPE_CHECKING:
 Concurrency = Literal["thread", "pool", "selector"]
 _CONCURRENCY = ("thread", "pool", "selector")
 _MAX_BACKLOG = 2**31 - 1  # listen() takes a C int; the kernel caps it at somaxconn anyway
-# The fast path of the seconds checks: what _values.seconds accepts (a longer wait overflows).
-_MAX_SECONDS = _values.MAX_TIMEOUT
 # Linux creates the socket non-blocking (one system call fewer than setblocking(False)).
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
 
@@ -272,16 +270,10 @@ class ThreadedServer:
                 )
             if not 1 <= backlog <= _MAX_BACKLOG:
                 raise ValueError(f"backlog must be from 1 to {_MAX_BACKLOG}, got {backlog}")
-        # Fast paths: a finite float in range (what the defaults are) needs no more checks;
-        # anything else (an int, NaN, an infinity, a wrong type) gets the full ones.
-        if type(stop_timeout) is not float or not 0.0 <= stop_timeout <= _MAX_SECONDS:
-            stop_timeout = _values.seconds(stop_timeout, "stop_timeout")
-        if type(tls_handshake_timeout) is not float or not (
-            0.0 < tls_handshake_timeout <= _MAX_SECONDS
-        ):
-            tls_handshake_timeout = _values.seconds(
-                tls_handshake_timeout, "tls_handshake_timeout", positive=True
-            )
+        stop_timeout = _values.seconds(stop_timeout, "stop_timeout")
+        tls_handshake_timeout = _values.seconds(
+            tls_handshake_timeout, "tls_handshake_timeout", positive=True
+        )
         if ignore_disconnects is not True and ignore_disconnects is not False:
             raise TypeError(f"ignore_disconnects must be a bool, got {ignore_disconnects!r}")
         if name is not None and (not isinstance(name, str) or not name):
