@@ -1,7 +1,9 @@
 """Per-test fixture and lock costs, interleaved in one file: ``python bench/bench_fixtures.py``.
 
 1. One generated test file with the kinds interleaved test by test: a trivial test, a
-   function-scoped no-op fixture (pytest's own floor), a fresh ``echo_server``, a fresh
+   function-scoped no-op fixture (pytest's own floor), a fixture that opens a loopback
+   listening socket and closes it (``listen_floor``: the system calls any fresh server makes,
+   the kernel's floor under a fresh server), a fresh ``echo_server``, a fresh
    ``tls_echo_server`` and pytest-httpserver's (session-reused) ``httpserver``. A conftest
    times each test's whole protocol (set-up, call, teardown) with a
    ``pytest_runtest_protocol`` hook wrapper that runs outside every other one
@@ -37,13 +39,14 @@ KINDS: dict[str, str] = {
     # kind: the test's signature arguments
     "trivial": "",
     "noop": "noop",
+    "listen_floor": "listen_floor",
     "echo_server": "echo_server",
     "tls_echo_server": "tls_echo_server",
     "httpserver": "httpserver",
 }
 
 CONFTEST = """
-import json, os, time
+import json, os, socket, time
 import pytest
 
 _ns = {}
@@ -53,6 +56,16 @@ _props = {}
 @pytest.fixture
 def noop():
     yield None
+
+
+@pytest.fixture
+def listen_floor():
+    # The system calls any fresh loopback server makes, and nothing else: the kernel's floor.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4096)
+    yield sock.getsockname()
+    sock.close()
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -195,11 +208,12 @@ def main() -> None:
                 flush=True,
             )
             http = row["httpserver"]
-            for kind in ("noop", "echo_server", "tls_echo_server", "httpserver"):
+            for kind in ("noop", "listen_floor", "echo_server", "tls_echo_server", "httpserver"):
                 value = row[kind]
                 print(
                     f"  {kind:17s} {value:7.3f} ms  {value / http:5.2f}x httpserver  "
-                    f"{value - row['noop']:+7.3f} ms vs no-op",
+                    f"{value - row['noop']:+7.3f} ms vs no-op  "
+                    f"{value - row['listen_floor']:+7.3f} ms vs listen floor",
                     flush=True,
                 )
             plain = locks["plain"]
@@ -212,7 +226,7 @@ def main() -> None:
                 )
     if runs > 1:
         print(f"over {runs} runs (min-max):")
-        for kind in ("noop", "echo_server", "tls_echo_server", "httpserver"):
+        for kind in ("noop", "listen_floor", "echo_server", "tls_echo_server", "httpserver"):
             values = [r[kind] for r in fixture_rows]
             ratios = [r[kind] / r["httpserver"] for r in fixture_rows]
             print(
