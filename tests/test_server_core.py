@@ -329,6 +329,35 @@ def test_records_count_bytes_both_ways_and_name_the_peer() -> None:
     assert record.thread_name == f"netthreads[{srv.name}]#0"
 
 
+@pytest.mark.parametrize("concurrency", MODELS)
+def test_a_record_says_how_its_connection_closed_before_the_client_can_see_the_close(
+    monkeypatch: pytest.MonkeyPatch, concurrency: str
+) -> None:
+    # What the record said at the instant the server closed its side: a client that saw the
+    # close and then read the record must not find it still open.
+    at_close: list[tuple[object, bool]] = []
+    original = socket.socket.close
+
+    def close(sock: socket.socket) -> None:
+        try:
+            server_side = sock.getsockname()[1] == port and sock.getpeername() is not None
+        except OSError:  # the listener (no peer), or closed already
+            server_side = False
+        if server_side:
+            at_close.extend((r.how_closed, r.closed_at is not None) for r in srv.connections)
+        original(sock)
+
+    with ThreadedServer(handlers.echo, concurrency=concurrency) as srv:  # type: ignore[arg-type]
+        port = srv.port
+        monkeypatch.setattr(socket.socket, "close", close)
+        with connect(srv.address) as client:
+            client.sendall(b"x")
+            assert recv_exactly(client, 1) == b"x"
+        srv.wait_for_connections(1, closed=True)
+        monkeypatch.undo()
+    assert at_close == [("peer-eof", True)]
+
+
 def test_wait_for_connections_times_out_with_a_message() -> None:
     with ThreadedServer(handlers.echo) as srv:
         with pytest.raises(TimeoutError, match=r"waited 0\.05s for 2 connection"):

@@ -107,8 +107,11 @@ class NativeConnection:
             return
         self.closed = True
         self.reactor.unregister_locked(self.sock)
+        # The record says how it closed before the client can see the close.
+        first = self.server._mark_closed(self.record, how)
         self.sock.close()
-        self.server._finish(self.record, how)
+        if first:
+            self.server._forget(self.record)
 
 
 _H = TypeVar("_H", bound=Callable[..., object])
@@ -572,8 +575,7 @@ class ThreadedServer:
                 ]
             for record, conn, future in queued:
                 if future.cancel():  # still queued after the timeout: never served
-                    conn.close()
-                    self._finish(record, "unserved")
+                    self._finish(record, "unserved", conn)
                     unserved.append(record)
         stuck = [t for t in threads if t.is_alive() and t is not current]
         if executor is not None and not stuck:
@@ -792,9 +794,8 @@ class ThreadedServer:
         try:
             self._hand_on(sock, record)
         except BaseException as exc:  # this connection's failure, not the listener's
-            sock.close()
             self._record_error(record, exc)
-            self._finish(record, "error")
+            self._finish(record, "error", sock)
 
     def _hand_on(self, sock: socket.socket, record: ConnectionRecord) -> None:
         """Start serving an accepted connection (reactor lock held)."""
@@ -820,9 +821,8 @@ class ThreadedServer:
             try:
                 future = self._executor.submit(self._serve_connection, conn)
             except RuntimeError as exc:  # shut down under us
-                conn.close()
                 self._record_error(record, exc)
-                self._finish(record, "error")
+                self._finish(record, "error", conn)
                 return
             with self._lock:
                 if record.closed_at is None:
@@ -842,9 +842,8 @@ class ThreadedServer:
         except RuntimeError as exc:  # can't start new thread
             with self._lock:
                 self._threads.remove(thread)
-            conn.close()
             self._record_error(record, exc)
-            self._finish(record, "error")
+            self._finish(record, "error", conn)
 
     def _pool_initializer(self) -> None:
         with self._lock:
@@ -863,10 +862,7 @@ class ThreadedServer:
         except BaseException as exc:
             how = self._classify(record, exc)
         finally:
-            try:
-                conn.close()
-            finally:
-                self._finish(record, how)
+            self._finish(record, how, conn)
 
     def _prepare(self, conn: ServerConnection) -> ServerConnection:
         """Wrap ``conn`` in TLS and run the handshake, in the worker thread.
@@ -912,10 +908,23 @@ class ThreadedServer:
         with self._lock:
             self._errors.append((record, exc, text))
 
-    def _finish(self, record: ConnectionRecord, how: HowClosed | None) -> None:
+    def _finish(
+        self, record: ConnectionRecord, how: HowClosed | None, sock: socket.socket
+    ) -> None:
+        """Close ``sock``, the connection's: the record first (how and when it closed), so a
+        client that saw the close finds the record closed; then the bookkeeping."""
+        first = self._mark_closed(record, how)
+        try:
+            sock.close()
+        finally:
+            if first:
+                self._forget(record)
+
+    def _mark_closed(self, record: ConnectionRecord, how: HowClosed | None) -> bool:
+        """Set ``how_closed`` and ``closed_at``; ``False`` when the record was closed before."""
         with self._lock:
             if record.closed_at is not None:
-                return
+                return False
             if how is None:
                 how = record.how_closed  # a handler may have said how it closed
             if how is None:
@@ -925,6 +934,11 @@ class ThreadedServer:
                     how = "peer-eof" if record.saw_eof else "handler"
             record.how_closed = how
             record.closed_at = time.time()
+            return True
+
+    def _forget(self, record: ConnectionRecord) -> None:
+        """The closed connection is no longer served: not live, its thread done."""
+        with self._lock:
             self._live.pop(record, None)
             current = threading.current_thread()
             if current in self._threads:
