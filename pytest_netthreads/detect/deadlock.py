@@ -413,6 +413,17 @@ class DeadlockDetector:
             raise TypeError(f"source must be a str or None, got {source!r}")
         if phase is not None and not isinstance(phase, str):
             raise TypeError(f"phase must be a str or None, got {phase!r}")
+        self._arm(label, timeout, ident, source, phase)
+
+    def _arm(
+        self,
+        label: str | None,
+        timeout: float | None,
+        ident: int | None,
+        source: str | None,
+        phase: str | None,
+    ) -> None:
+        """:meth:`arm` with arguments already checked (the plugin's, once per phase)."""
         if self._forked:
             self._forked = False
             self._start_thread()
@@ -430,7 +441,7 @@ class DeadlockDetector:
         if outside is not None and self._thread is not None:
             if timeout:
                 # Past the Python last resort (deadline + kill_grace) by kill_grace again.
-                outside.arm(label, timeout + 2 * self._kill_grace)
+                outside.arm_checked(label, timeout + 2 * self._kill_grace)
             else:
                 outside.disarm()
 
@@ -438,6 +449,11 @@ class DeadlockDetector:
         """Stop watching: no deadline, no interrupt of the thread that was armed (cycles among
         other threads are still broken). The plugin calls it after each test, and when a
         debugger starts."""
+        self._disarm(True)
+
+    def _disarm(self, outside: bool) -> None:
+        """:meth:`disarm`; with ``outside=False`` the process watchdog keeps its deadline
+        (the plugin, between two phases of a test: the next phase's arm replaces it)."""
         with self._state_lock:
             ident = self._test_ident
             self._generation += 1
@@ -446,7 +462,7 @@ class DeadlockDetector:
             self._test_ident = None
             self._deadline = None
             self._interrupted_at = None
-        if self._outside is not None:
+        if outside and self._outside is not None:
             self._outside.disarm()
         if ident is not None:
             locks.cancel_abort(ident)

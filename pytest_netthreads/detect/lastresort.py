@@ -118,7 +118,11 @@ class ProcessWatchdog:
         disarmed before). Starts the helper process on first use."""
         if label is not None and not isinstance(label, str):
             raise TypeError(f"label must be a str or None, got {label!r}")
-        seconds = _positive_seconds(seconds, "seconds")
+        self.arm_checked(label, _positive_seconds(seconds, "seconds"))
+
+    def arm_checked(self, label: str | None, seconds: float) -> None:
+        """:meth:`arm` with arguments already checked: ``label`` a str or ``None``,
+        ``seconds`` a float, finite and positive (the deadlock detector's, every phase)."""
         with self._lock:
             if self._child:
                 return  # a forked child: the helper watches the parent only

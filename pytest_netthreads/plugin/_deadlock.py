@@ -299,7 +299,8 @@ class _DeadlockPlugin:
         detector = self.detector
         if detector is not None and not self._debugging:
             timeout, source = item.stash.get(_DEADLINES, self.deadlines)[phase]
-            detector.arm(item.nodeid, timeout, source=source, phase=phase)
+            detector._arm(item.nodeid, timeout, None, source, phase)  # checked: the options'
+            # and the markers' deadlines are validated where they are read
         try:
             try:
                 result = yield
@@ -317,7 +318,9 @@ class _DeadlockPlugin:
             return result
         finally:
             if self.detector is not None:
-                self.detector.disarm()
+                # After setup and call the process watchdog keeps its deadline until the next
+                # phase's replaces it (a lock and a page write fewer); after teardown, off.
+                self.detector._disarm(phase == "teardown")
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, object, object]:
