@@ -107,11 +107,7 @@ class NativeConnection:
             return
         self.closed = True
         self.reactor.unregister_locked(self.sock)
-        # The record says how it closed before the client can see the close.
-        first = self.server._mark_closed(self.record, how)
-        self.sock.close()
-        if first:
-            self.server._forget(self.record)
+        self.server._finish(self.record, how, self.sock)  # the record first, then the close
 
 
 _H = TypeVar("_H", bound=Callable[..., object])
