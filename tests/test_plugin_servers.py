@@ -143,10 +143,11 @@ def test_ctrl_c_with_a_handler_that_ignores_stop_exits_as_interrupted(
             address = srv.address
             if {fixture!r} == "fault_proxy":
                 address = fault_proxy(srv, stop_timeout=1.0).address
-            client = socket.create_connection(address, timeout=0.1)
+            client = socket.create_connection(address, timeout=60)
             client.sendall(b"x")
             srv.wait_for_connections(1)
             pathlib.Path({str(ready)!r}).touch()
+            client.settimeout(0.1)
             # Short waits: a SIGINT that lands between two bytecodes, just before a blocking
             # call, is only acted on when that call returns (CPython checks for signals
             # between bytecodes; the system call was not running to be interrupted).

@@ -340,7 +340,11 @@ def test_a_record_says_how_its_connection_closed_before_the_client_can_see_the_c
 
     def close(sock: socket.socket) -> None:
         try:
-            server_side = sock.getsockname()[1] == port and sock.getpeername() is not None
+            server_side = (
+                sock.family == socket.AF_INET
+                and sock.getsockname()[1] == port
+                and sock.getpeername() is not None
+            )
         except OSError:  # the listener (no peer), or closed already
             server_side = False
         if server_side:
