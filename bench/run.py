@@ -2,7 +2,7 @@
 
 Each benchmark prints its figures side by side with its anchors, measured in the same run,
 and writes them to ``bench/results/``. NAME selects benchmarks by file name part
-(``servers``, ``tls``, ``faults``, ``threadleak``, ``locks``).
+(``servers``, ``tls``, ``faults``, ``threadleak``, ``locks``, ``fixtures``, ``syscalls``).
 """
 
 from __future__ import annotations
