@@ -8,6 +8,7 @@ netthreads-pool, stdlib-threading, asyncio.
 from __future__ import annotations
 
 import asyncio
+import os
 import socketserver
 import sys
 import threading
@@ -23,6 +24,12 @@ def _wait_for_stdin_close() -> None:
 
 def run_netthreads(concurrency: str) -> None:
     from pytest_netthreads import ThreadedServer, handlers
+
+    small = os.environ.get("BENCH_ECHO_READ_SIZE")
+    if small:  # an experiment: the echo's first read size (see bench_syscalls.py)
+        from pytest_netthreads.servers import handlers as server_handlers
+
+        server_handlers._SMALL = int(small)
 
     kwargs = {"max_workers": 64} if concurrency == "pool" else {}
     with ThreadedServer(handlers.echo, concurrency=concurrency, **kwargs) as srv:  # type: ignore[arg-type]

@@ -163,10 +163,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--round-trips", type=int, default=20000)
     parser.add_argument("--mib", type=int, default=256)
+    parser.add_argument(
+        "--echo-read-size", type=int, default=None,
+        help="an experiment: the kit's echo reads this many bytes until a stream flows "
+        "(default: its own, 128 KiB - 64, under glibc's mmap threshold)",
+    )
     parser.add_argument("--quick", action="store_true", help="2000 round trips, 32 MiB")
     args = parser.parse_args()
     if args.quick:
         args.round_trips, args.mib = 2000, 32
+    if args.echo_read_size is not None:
+        if not 1 <= args.echo_read_size <= 1 << 24:
+            parser.error("--echo-read-size must be from 1 to 16777216")
+        os.environ["BENCH_ECHO_READ_SIZE"] = str(args.echo_read_size)
     strace = shutil.which("strace")
     results: dict[str, dict[str, dict[str, float]]] = {}
     if strace is None:
