@@ -709,27 +709,31 @@ class Connection:
         with proxy._lock:
             self.record.how_closed = how
             self.record.closed_at = time.time()
-        for pipe in (self.up, self.down):
-            for item in pipe.pending:
-                if isinstance(item, HeldMessage) and item.state == "held":
-                    item.hold.forget(item)
-        for side in (self.client_side, self.server_side):
-            if side is None:
-                continue
-            side.closed = True
-            sock = side.sock
-            if side.events and proxy._reactor is not None:
-                proxy._reactor.unregister_locked(sock)
-                side.events = 0
-            if rst:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-                except OSError:
-                    pass
-            sock.close()
-        proxy._live.pop(self.index, None)
-        with proxy._lock:
-            proxy._changed.notify_all()
+            proxy._closing.add(self.record)
+        try:
+            for pipe in (self.up, self.down):
+                for item in pipe.pending:
+                    if isinstance(item, HeldMessage) and item.state == "held":
+                        item.hold.forget(item)
+            for side in (self.client_side, self.server_side):
+                if side is None:
+                    continue
+                side.closed = True
+                sock = side.sock
+                if side.events and proxy._reactor is not None:
+                    proxy._reactor.unregister_locked(sock)
+                    side.events = 0
+                if rst:
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+                    except OSError:
+                        pass
+                sock.close()
+        finally:
+            proxy._live.pop(self.index, None)
+            with proxy._lock:
+                proxy._closing.discard(self.record)
+                proxy._changed.notify_all()
 
 
 class Side:

@@ -311,6 +311,9 @@ class FaultProxy:
         self._view = memoryview(bytearray(0))  # the loop's receive buffer, once started
         self._timers: set[Timer] = set()
         self._live: dict[int, Connection] = {}
+        # Records marked closed whose sockets are not closed yet: not counted by
+        # wait_for_connections(closed=True) until they are.
+        self._closing: set[ProxyConnection] = set()
         self._backoff: AcceptBackoff | None = None  # made when accept() first fails
         self._dial_failures: AcceptBackoff | None = None  # dialing the target ran out too
 
@@ -635,11 +638,16 @@ class FaultProxy:
     def wait_for_connections(
         self, count: int = 1, *, closed: bool = False, timeout: float = 10.0
     ) -> list[ProxyConnection]:
-        """Block until ``count`` connections were accepted (or closed); ``TimeoutError``."""
+        """Block until ``count`` connections were accepted (or closed: the record and both
+        of the proxy's sockets); ``TimeoutError``."""
         count, timeout = _values.wait_arguments(count, timeout)
+        closing = self._closing
 
         def ready() -> bool:
-            n = sum(1 for r in self._records if r.closed) if closed else len(self._records)
+            if closed:  # the record is closed first, its sockets just after
+                n = sum(1 for r in self._records if r.closed and r not in closing)
+            else:
+                n = len(self._records)
             return n >= count
 
         with self._changed:

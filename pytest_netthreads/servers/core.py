@@ -322,6 +322,9 @@ class ThreadedServer:
         self._records: list[ConnectionRecord] = []
         # record -> [the socket (or native connection) serving it, its thread or future]
         self._live: dict[ConnectionRecord, list[Any]] = {}
+        # Records marked closed whose socket is not closed yet (see _finish): not counted
+        # by wait_for_connections(closed=True) until it is.
+        self._closing: set[ConnectionRecord] = set()
         self._threads: list[threading.Thread] = []
         self._errors: list[tuple[ConnectionRecord | None, BaseException, str]] = []
         self._reported = 0
@@ -700,14 +703,22 @@ class ThreadedServer:
     def wait_for_connections(
         self, count: int = 1, *, closed: bool = False, timeout: float = 10.0
     ) -> list[ConnectionRecord]:
-        """Block until ``count`` connections were accepted (or closed, with ``closed=True``).
+        """Block until ``count`` connections were accepted (or closed, with ``closed=True``:
+        the server's side of each closed, the socket and the record).
 
         Returns the records (a snapshot). Raises :class:`TimeoutError` naming what was
         awaited and what was seen when ``timeout`` passes first.
         """
         count, timeout = _values.wait_arguments(count, timeout)
+        closing = self._closing
+
         def ready() -> bool:
-            n = sum(1 for r in self._records if r.closed) if closed else len(self._records)
+            # A closed record counts once its socket is closed too: the record says so first
+            # (a client that saw the close finds it closed), the socket closes just after.
+            if closed:
+                n = sum(1 for r in self._records if r.closed and r not in closing)
+            else:
+                n = len(self._records)
             return n >= count
 
         changed = self._changed
@@ -930,12 +941,14 @@ class ThreadedServer:
                     how = "peer-eof" if record.saw_eof else "handler"
             record.how_closed = how
             record.closed_at = time.time()
+            self._closing.add(record)
             return True
 
     def _forget(self, record: ConnectionRecord) -> None:
         """The closed connection is no longer served: not live, its thread done."""
         with self._lock:
             self._live.pop(record, None)
+            self._closing.discard(record)
             current = threading.current_thread()
             if current in self._threads:
                 self._threads.remove(current)
