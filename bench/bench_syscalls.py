@@ -172,6 +172,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.round_trips, args.mib = 2000, 32
+    for name in ("round_trips", "mib"):
+        if not 1 <= getattr(args, name) <= 10**7:
+            parser.error(f"--{name.replace('_', '-')} must be from 1 to 10000000")
     if args.echo_read_size is not None:
         if not 1 <= args.echo_read_size <= 1 << 24:
             parser.error("--echo-read-size must be from 1 to 16777216")
