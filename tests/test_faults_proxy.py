@@ -40,7 +40,7 @@ from pytest_netthreads.faults import (
     insocket,
     specs,
 )
-from tests._util import recv_exactly
+from tests._util import held_close, recv_exactly
 
 pytestmark = pytest.mark.usefixtures("_reactor_running", "no_thread_or_fd_leak")
 
@@ -88,44 +88,21 @@ def test_forwards_both_ways_and_records_the_connection(proxy: FaultProxy) -> Non
 
 
 def test_waiting_for_closed_connections_returns_once_the_proxy_sockets_are_closed(
-    proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+    proxy: FaultProxy,
 ) -> None:
     # The record says "closed" just before the proxy closes its sockets (a client that saw
     # the close finds the record closed); a wait for the closed connection must return only
     # after the sockets are closed too. The proxy's close of its client-side socket is held
     # here until a timer lets it go.
-    closing, proceed, closed = threading.Event(), threading.Event(), threading.Event()
-    original = socket.socket.close
-    port = proxy.port
-
-    def close(sock: socket.socket) -> None:
-        try:  # (no getpeername(): the connection is shut down both ways by now)
-            client_side = sock.getsockname()[1] == port and not sock.getsockopt(
-                socket.SOL_SOCKET, socket.SO_ACCEPTCONN
-            )
-        except OSError:  # closed already
-            client_side = False
-        if client_side:
-            closing.set()
-            proceed.wait(10)
-        original(sock)
-        if client_side:
-            closed.set()
-
-    monkeypatch.setattr(socket.socket, "close", close)
-    try:
+    with held_close(proxy.port) as held:
         with _client(proxy) as sock:
             sock.sendall(b"x")
             assert recv_exactly(sock, 1) == b"x"
-        assert closing.wait(10)
-        timer = threading.Timer(0.2, proceed.set)
-        timer.start()
+        assert held.closing.wait(10)
+        threading.Timer(0.2, held.proceed.set).start()
         (record,) = proxy.wait_for_connections(1, closed=True)
-        assert closed.is_set(), "returned while the proxy's socket was still open"
+        assert held.closed.is_set(), "returned while the proxy's socket was still open"
         assert record.how_closed == "eof"
-    finally:
-        proceed.set()
-        monkeypatch.undo()
 
 
 def test_half_close_reaches_the_server_as_eof() -> None:

@@ -19,7 +19,7 @@ from pytest_netthreads import (
     ThreadedServer,
     handlers,
 )
-from tests._util import connect, live_threads, open_fds, recv_exactly
+from tests._util import connect, held_close, live_threads, open_fds, recv_exactly
 
 MODELS = ["thread", "pool", "selector"]
 
@@ -364,46 +364,22 @@ def test_a_record_says_how_its_connection_closed_before_the_client_can_see_the_c
 
 @pytest.mark.parametrize("concurrency", ["thread", "pool", "selector"])
 def test_waiting_for_closed_connections_returns_once_the_server_socket_is_closed(
-    monkeypatch: pytest.MonkeyPatch, concurrency: str
+    concurrency: str,
 ) -> None:
     # The record says "closed" a moment before the server closes its socket (so that a
     # client that saw the close finds the record closed). A test waiting for the closed
     # connection must not get in between: here the server's close is held until a timer
     # lets it go, and the wait must return after it, not when the record was marked.
-    closing, proceed, closed = threading.Event(), threading.Event(), threading.Event()
-    original = socket.socket.close
-
-    def close(sock: socket.socket) -> None:
-        try:
-            server_side = sock.getsockname()[1] == port and not sock.getsockopt(
-                socket.SOL_SOCKET, socket.SO_ACCEPTCONN
-            )
-        except OSError:  # closed already
-            server_side = False
-        if server_side:
-            closing.set()
-            proceed.wait(10)
-        original(sock)
-        if server_side:
-            closed.set()
-
     with ThreadedServer(handlers.echo, concurrency=concurrency) as srv:  # type: ignore[arg-type]
-        port = srv.port
-        monkeypatch.setattr(socket.socket, "close", close)
-        with connect(srv.address) as client:
-            client.sendall(b"x")
-            assert recv_exactly(client, 1) == b"x"
-        assert closing.wait(10)
-        timer = threading.Timer(0.2, proceed.set)
-        timer.start()
-        try:
+        with held_close(srv.port) as held:
+            with connect(srv.address) as client:
+                client.sendall(b"x")
+                assert recv_exactly(client, 1) == b"x"
+            assert held.closing.wait(10)
+            threading.Timer(0.2, held.proceed.set).start()
             (record,) = srv.wait_for_connections(1, closed=True)
-            assert closed.is_set(), "returned while the server's socket was still open"
+            assert held.closed.is_set(), "returned while the server's socket was still open"
             assert record.how_closed == "peer-eof"
-        finally:
-            proceed.set()
-            timer.cancel()
-            monkeypatch.undo()
 
 
 def test_wait_for_connections_times_out_with_a_message() -> None:
