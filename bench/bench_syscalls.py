@@ -10,7 +10,8 @@ again without strace, three rounds, reading the server process's user and system
 from ``/proc/PID/stat`` before and after: how much of a round trip is the kernel's (the same
 for every server) and how much the server's own code. Last, 15 blocks of 2000 round trips
 over one connection, each block timed: where the scheduler puts client and server (one CPU
-or two) shows as a jump in the rate. Anchors: stdlib
+or two) shows as a jump in the rate. ``--cpu N`` pins client and servers to CPU N: the
+one-CPU regime on purpose. Anchors: stdlib
 ``socketserver.ThreadingTCPServer`` and ``asyncio.start_server``, in the same run.
 
 Needs ``strace`` (``apt-get install strace``). Results go to stdout and
@@ -168,6 +169,11 @@ def main() -> int:
         help="an experiment: the kit's echo reads this many bytes until a stream flows "
         "(default: its own, 128 KiB - 64, under glibc's mmap threshold)",
     )
+    parser.add_argument(
+        "--cpu", type=int, default=None,
+        help="pin the client (this process) and every server to this one CPU: the regime "
+        "where a round trip is a hand-over on one CPU, not a cross-CPU wake-up",
+    )
     parser.add_argument("--quick", action="store_true", help="2000 round trips, 32 MiB")
     args = parser.parse_args()
     if args.quick:
@@ -175,6 +181,11 @@ def main() -> int:
     for name in ("round_trips", "mib"):
         if not 1 <= getattr(args, name) <= 10**7:
             parser.error(f"--{name.replace('_', '-')} must be from 1 to 10000000")
+    if args.cpu is not None:
+        allowed = sorted(os.sched_getaffinity(0))
+        if args.cpu not in allowed:
+            parser.error(f"--cpu must be one of this process's CPUs {allowed}, got {args.cpu}")
+        os.sched_setaffinity(0, {args.cpu})  # the servers, started from here, inherit it
     if args.echo_read_size is not None:
         if not 1 <= args.echo_read_size <= 1 << 24:
             parser.error("--echo-read-size must be from 1 to 16777216")
